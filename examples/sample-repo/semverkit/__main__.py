@@ -1,0 +1,5 @@
+"""Allow ``python -m semverkit``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""DockerRuntime: one container per episode and one persistent bash session in it."""
+
+from __future__ import annotations
+
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+
+from forager.core import ForagerError, RuntimeUnavailable
+from forager.runtime.base import ShellRuntime, owner_labels
+from forager.runtime.session import KILL_JOBS_SCRIPT
+
+
+class ContainerGone(ForagerError):
+    """The episode's container was stopped or removed from outside Forager."""
+
+
+@dataclass
+class DockerLimits:
+    """Isolation for one episode's container. The defaults follow CWM: no network, capped CPU and memory."""
+
+    network: bool = False
+    """Give the container a network (off by default, so nothing can be fetched or leaked)."""
+    memory: str = "4g"
+    """Memory cap (swap included), in Docker's notation."""
+    cpus: float = 2.0
+    pids: int = 512
+    """Most processes at once: a fork bomb stops here."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """More `docker run` options, in docker-py's `containers.run` spelling."""
+
+    def run_options(self) -> dict[str, Any]:
+        return {
+            "network_mode": None if self.network else "none",
+            "mem_limit": self.memory,
+            "memswap_limit": self.memory,
+            "nano_cpus": int(self.cpus * 1e9),
+            "pids_limit": self.pids,
+            **self.extra,
+        }
+
+
+def docker_client() -> docker.DockerClient:
+    """A client for the engine named by DOCKER_HOST (or the local socket), or a clear error."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except docker.errors.DockerException as err:
+        raise RuntimeUnavailable(
+            f"no Docker engine answers ({err}). Start Docker, or set DOCKER_HOST, "
+            "or use the local runtime (`--runtime local`, no isolation)."
+        ) from err
+
+
+def docker_available() -> bool:
+    try:
+        docker_client().close()
+        return True
+    except RuntimeUnavailable:
+        return False
+
+
+class ExecTransport:
+    """bash in `docker exec -i`, over the engine's raw attach socket (no docker CLI in between)."""
+
+    def __init__(self, runtime: DockerRuntime) -> None:
+        self._runtime = runtime
+        self._api = runtime.client.api
+        cid = runtime.container_id
+        try:
+            self._exec_id = self._api.exec_create(
+                cid, ["bash", "--noprofile", "--norc"], stdin=True, tty=False,
+                user=runtime.user or "", workdir=runtime.workdir,
+            )["Id"]
+            sock = self._api.exec_start(self._exec_id, socket=True)
+        except docker.errors.NotFound as err:
+            raise ContainerGone(f"container {cid[:12]} is gone; reset() starts a new one") from err
+        except docker.errors.APIError as err:
+            if "is not running" in str(err):
+                raise ContainerGone(f"container {cid[:12]} is not running; reset() starts a new one") from err
+            raise
+        self._sock = getattr(sock, "_sock", sock)
+        self._sock.setblocking(False)
+        self._raw = bytearray()
+        self._eof = False
+        self._closed = False
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            select.select([], [self._sock], [], 30)
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return  # the shell is gone; recv() reports it
+            view = view[sent:]
+
+    def recv(self, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            payload = self._take_frames()
+            if payload:
+                return payload
+            if self._eof:
+                return b""
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
+                return None
+            try:
+                data = self._sock.recv(1 << 18)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                self._raw += data
+            else:
+                self._eof = True
+
+    def _take_frames(self) -> bytes:
+        # Docker multiplexes stdout/stderr: 8-byte header (stream, 0, 0, 0, big-endian size), then payload.
+        out = bytearray()
+        raw = self._raw
+        pos = 0
+        while len(raw) - pos >= 8:
+            size = int.from_bytes(raw[pos + 4 : pos + 8], "big")
+            if len(raw) - pos - 8 < size:
+                break
+            out += raw[pos + 8 : pos + 8 + size]
+            pos += 8 + size
+        del raw[:pos]
+        return bytes(out)
+
+    def kill_jobs(self, shell_pid: int, since_ticks: int) -> bool:
+        script = "for _ in 1 2 3; do (" + KILL_JOBS_SCRIPT.replace("exit 0", "") + "); done; exit 0"
+        return self._runtime.exec_as_root(["sh", "-c", script, "sh", str(shell_pid), str(since_ticks)])
+
+    def close(self) -> int | None:
+        if self._closed:
+            return None
+        self._closed = True
+        runtime = self._runtime
+        if not self._eof and runtime.container is not None and not runtime.closed and runtime.session.shell_pid:
+            if not runtime.exec_as_root(["kill", "-9", str(runtime.session.shell_pid)]):
+                runtime.restart_container()  # e.g. a fork bomb holds every pid: start over, files kept
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        for _ in range(20):
+            try:
+                info = self._api.exec_inspect(self._exec_id)
+            except docker.errors.DockerException:
+                return None
+            if not info.get("Running"):
+                return info.get("ExitCode")
+            time.sleep(0.02)
+        return None
+
+
+class DockerRuntime(ShellRuntime):
+    """A container from `image`, isolated by `limits`, labelled so that `forager gc` can find it."""
+
+    def __init__(
+        self,
+        image: str,
+        workdir: str = "/repo",
+        *,
+        limits: DockerLimits | None = None,
+        user: str | None = None,
+        command_timeout: float = 120.0,
+        max_output_bytes: int = 20_000,
+        client: docker.DockerClient | None = None,
+    ) -> None:
+        self.image = image
+        self.limits = limits or DockerLimits()
+        self.user = user
+        self.client = client or docker_client()
+        self.container: Any = None
+        self._start_container(workdir)
+        super().__init__(workdir, command_timeout, max_output_bytes)
+        try:
+            self.session.start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def container_id(self) -> str:
+        return self.container.id
+
+    def _start_container(self, workdir: str) -> None:
+        try:
+            self.container = self.client.containers.run(
+                self.image, ["sleep", "infinity"], detach=True, init=True,
+                labels={**owner_labels(), "forager.image": self.image, "forager.workdir": workdir},
+                **self.limits.run_options(),
+            )
+        except docker.errors.ImageNotFound as err:
+            raise RuntimeUnavailable(
+                f"image {self.image!r} is not on this Docker engine. Build it (`forager images sample` "
+                f"for the sample repository) or pull it (`docker pull {self.image}`)."
+            ) from err
+
+    def _open_transport(self) -> ExecTransport:
+        return ExecTransport(self)
+
+    def exec_as_root(self, cmd: list[str], timeout: float = 10.0) -> bool:
+        """Run a short helper command as root next to the session; False if it could not run."""
+        try:
+            result = self.container.exec_run(cmd, user="0")
+            return result.exit_code == 0
+        except docker.errors.DockerException:
+            return False
+
+    def _recover_shell(self) -> None:
+        self.restart_container()
+
+    def restart_container(self) -> None:
+        """Kill every process in the container and start it again; the file system is kept."""
+        try:
+            self.container.kill()
+        except docker.errors.DockerException:
+            pass
+        self.container.start()
+
+    def reset(self) -> None:
+        """A fresh container from the image: nothing the previous episode did survives."""
+        self._check_open()
+        self._remove_container()
+        self.session.close()
+        self._start_container(self.workdir)
+        self.session.start()
+
+    def _remove_container(self) -> None:
+        container, self.container = self.container, None
+        if container is None:
+            return
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def _release(self) -> None:
+        self._remove_container()

@@ -1,0 +1,120 @@
+"""LocalRuntime: a persistent bash in a scratch clone of a local git repository.
+
+It does NOT isolate: commands run as you, with your network and your files. It is the embedded
+default when no Docker engine answers, for trying Forager out and for tests of the tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from forager.core import RuntimeUnavailable
+from forager.runtime.base import ShellRuntime, owner_labels
+from forager.runtime.session import KILL_JOBS_SCRIPT
+
+SCRATCH_PREFIX = "forager-local-"
+OWNER_FILE = "forager-owner.json"
+
+
+class PipeTransport:
+    """bash as a child process in its own session, its stderr merged into stdout."""
+
+    def __init__(self, cwd: str) -> None:
+        self._proc = subprocess.Popen(
+            ["bash", "--noprofile", "--norc"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=cwd, start_new_session=True, bufsize=0,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin = self._proc.stdin
+        self._fd = self._proc.stdout.fileno()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self._stdin.write(data)
+        except (BrokenPipeError, OSError):
+            pass  # the shell is gone; recv() reports it
+
+    def recv(self, timeout: float) -> bytes | None:
+        if not select.select([self._fd], [], [], max(0.0, timeout))[0]:
+            return None
+        return os.read(self._fd, 1 << 18)
+
+    def kill_jobs(self, shell_pid: int, since_ticks: int) -> bool:
+        if not os.path.isdir("/proc"):
+            return False  # no /proc to find the jobs in: the session restarts instead
+        result = subprocess.run(
+            ["sh", "-c", KILL_JOBS_SCRIPT, "sh", str(shell_pid), str(since_ticks)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+        )
+        return result.returncode == 0
+
+    def close(self) -> int | None:
+        if os.path.isdir("/proc"):
+            self.kill_jobs(self._proc.pid, 0)  # every job of the session, background ones included
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)  # the shell and whatever it left running
+            except ProcessLookupError:
+                pass
+        status = self._proc.wait()
+        for stream in (self._stdin, self._proc.stdout):
+            try:
+                stream.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+        return status if status >= 0 else 128 - status
+
+
+class LocalRuntime(ShellRuntime):
+    """A scratch clone of `repo` under the temp directory, removed on close() (or by `forager gc`)."""
+
+    def __init__(
+        self, repo: str | os.PathLike[str], *, command_timeout: float = 120.0, max_output_bytes: int = 20_000
+    ) -> None:
+        self.source = Path(repo).resolve()
+        if not (self.source / ".git").exists():
+            raise RuntimeUnavailable(f"{self.source} is not a git repository (the local runtime clones one)")
+        self.scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        (self.scratch / OWNER_FILE).write_text(json.dumps(owner_labels()))
+        try:
+            self._clone()
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
+        super().__init__(str(self.scratch / "repo"), command_timeout, max_output_bytes)
+        try:
+            self.session.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _clone(self) -> None:
+        result = subprocess.run(
+            ["git", "clone", "-q", "--no-hardlinks", str(self.source), str(self.scratch / "repo")],
+            capture_output=True, text=True,
+        )
+        if result.returncode != 0:
+            raise RuntimeUnavailable(f"could not clone {self.source}: {result.stderr.strip()}")
+        subprocess.run(["git", "-C", str(self.scratch / "repo"), "remote", "remove", "origin"], capture_output=True)
+
+    def _open_transport(self) -> PipeTransport:
+        return PipeTransport(self.workdir)
+
+    def reset(self) -> None:
+        """A fresh clone and a fresh shell."""
+        self._check_open()
+        self.session.close()
+        shutil.rmtree(self.scratch / "repo", ignore_errors=True)
+        self._clone()
+        self.session.start()
+
+    def _release(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
