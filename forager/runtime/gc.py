@@ -1,0 +1,55 @@
+"""`forager gc`: remove what Forager processes left behind when they died without closing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker.errors
+
+from forager.runtime.base import LABEL, owner_alive
+from forager.runtime.docker import docker_client
+from forager.runtime.local import OWNER_FILE, SCRATCH_PREFIX
+from forager.core import RuntimeUnavailable
+
+
+@dataclass
+class GcReport:
+    containers: list[str] = field(default_factory=list)
+    directories: list[str] = field(default_factory=list)
+    kept: int = 0
+    docker_error: str | None = None
+
+
+def collect_garbage(everything: bool = False) -> GcReport:
+    """Remove Forager containers and scratch directories whose owning process is gone (all with `everything`)."""
+    report = GcReport()
+    try:
+        client = docker_client()
+    except RuntimeUnavailable as err:
+        report.docker_error = str(err)
+    else:
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+            if everything or not owner_alive(container.labels):
+                try:
+                    container.remove(force=True)
+                    report.containers.append(container.name)
+                except docker.errors.NotFound:
+                    pass
+            else:
+                report.kept += 1
+        client.close()
+    for scratch in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            labels = json.loads((scratch / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            labels = {}
+        if everything or not owner_alive(labels):
+            shutil.rmtree(scratch, ignore_errors=True)
+            report.directories.append(str(scratch))
+        else:
+            report.kept += 1
+    return report
