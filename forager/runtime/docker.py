@@ -142,14 +142,16 @@ class ExecTransport:
         script = "for _ in 1 2 3; do (" + KILL_JOBS_SCRIPT.replace("exit 0", "") + "); done; exit 0"
         return self._runtime.exec_as_root(["sh", "-c", script, "sh", str(shell_pid), str(since_ticks)])
 
-    def close(self) -> int | None:
+    def close(self, hard: bool = False) -> int | None:
         if self._closed:
             return None
         self._closed = True
         runtime = self._runtime
         if not self._eof and runtime.container is not None and not runtime.closed and runtime.session.shell_pid:
-            if not runtime.exec_as_root(["kill", "-9", str(runtime.session.shell_pid)]):
-                runtime.restart_container()  # e.g. a fork bomb holds every pid: start over, files kept
+            # A shell that ignored a timeout may have left a fork bomb behind: restarting the container
+            # stops every process in it and keeps its files.
+            if hard or not runtime.exec_as_root(["kill", "-9", str(runtime.session.shell_pid)]):
+                runtime.restart_container()
         try:
             self._sock.close()
         except OSError:
@@ -229,7 +231,10 @@ class DockerRuntime(ShellRuntime):
             self.container.kill()
         except docker.errors.DockerException:
             pass
-        self.container.start()
+        try:
+            self.container.start()
+        except docker.errors.DockerException as err:
+            raise ContainerGone(f"container {self.container.id[:12]} could not be restarted ({err})") from err
 
     def reset(self) -> None:
         """A fresh container from the image: nothing the previous episode did survives."""

@@ -56,7 +56,7 @@ class PipeTransport:
         )
         return result.returncode == 0
 
-    def close(self) -> int | None:
+    def close(self, hard: bool = False) -> int | None:
         if os.path.isdir("/proc"):
             self.kill_jobs(self._proc.pid, 0)  # every job of the session, background ones included
         if self._proc.poll() is None:

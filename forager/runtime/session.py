@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from forager.core import Observation
+from forager.core import ForagerError, Observation
 
 # Nothing may wait on a terminal: pagers print, editors return at once, tools do not prompt.
 SESSION_ENV = {
@@ -85,8 +85,11 @@ class Transport(Protocol):
         """Kill what the shell's session started since `since_ticks` (uptime, 1/100 s); False if that failed."""
         ...
 
-    def close(self) -> int | None:
-        """Stop the shell (kill it if needed) and return its exit status when known. Idempotent."""
+    def close(self, hard: bool = False) -> int | None:
+        """Stop the shell (kill it if needed) and return its exit status when known. Idempotent.
+
+        `hard`: the shell did not answer a kill; also stop everything it may have left running.
+        """
         ...
 
 
@@ -195,12 +198,12 @@ class BashSession:
     def alive(self) -> bool:
         return self._transport is not None
 
-    def close(self) -> int | None:
+    def close(self, hard: bool = False) -> int | None:
         transport, self._transport = self._transport, None
-        return transport.close() if transport is not None else None
+        return transport.close(hard) if transport is not None else None
 
     def _died(self, note: str) -> None:
-        self.close()
+        self.close(hard=True)
         self._restart_note = note
 
     # -- commands --------------------------------------------------------------------------------
@@ -216,6 +219,8 @@ class BashSession:
         if self._transport is None:
             try:
                 self.start()
+            except ForagerError:
+                raise  # the runtime itself is gone (say, its container was removed): nothing to retry
             except Exception:
                 if self._recover is None:
                     raise
@@ -279,7 +284,7 @@ class BashSession:
                     buffer.tail += more
                 exit_code = int(m[1]) if m else None
                 if timed_out:
-                    notes.append(f"command timed out after {timeout:g}s and was killed")
+                    notes.append(f"command timed out after {timeout:g}s: its processes were killed")
                 break
 
         output, truncated = buffer.result(end)
