@@ -88,7 +88,7 @@ def build_sample_image(client: docker.DockerClient, *, from_registry: bool = Fal
     repo = sample_repo()
     tag = sample_image_tag(client, base, repo)
     if image_exists(client, tag):
-        client.images.get(tag).tag(SAMPLE_REPOSITORY, "latest")
+        _alias(client, tag, repo)
         return tag
     python_version = client.containers.run(
         base, ["python3", "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
@@ -109,8 +109,19 @@ def build_sample_image(client: docker.DockerClient, *, from_registry: bool = Fal
         except docker.errors.BuildError as err:
             lines = "".join(item.get("stream", "") or item.get("error", "") for item in err.build_log)
             raise ForagerError(f"building the sample image failed: {err}\n{lines[-3000:]}") from err
-    client.images.get(tag).tag(SAMPLE_REPOSITORY, "latest")
+    _alias(client, tag, repo)
     return tag
+
+
+def _alias(client: docker.DockerClient, tag: str, repo: SampleRepo) -> None:
+    image = client.images.get(tag)
+    image.tag(SAMPLE_REPOSITORY, "latest")
+    image.tag(SAMPLE_REPOSITORY, commit_tag(repo))
+
+
+def commit_tag(repo: SampleRepo) -> str:
+    """The tag that names the sample image of this exact commit (what tasks refer to)."""
+    return f"commit-{repo.commit[:12]}"
 
 
 def _reverse_patch(repo: SampleRepo, patch: str) -> str:
@@ -133,7 +144,7 @@ def sample_tasks(image: str | None = None) -> list[Task]:
         tasks.append(Task(
             instance_id=f"semverkit__{bug['name']}",
             repo="forager/semverkit",
-            image=image or f"{SAMPLE_REPOSITORY}:latest",
+            image=image or f"{SAMPLE_REPOSITORY}:{commit_tag(repo)}",
             local_repo=str(repo.path),
             base_commit=repo.commit,
             problem_statement=bug["problem_statement"],
