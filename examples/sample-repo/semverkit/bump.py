@@ -59,7 +59,7 @@ def _as_version(value: VersionLike) -> Version:
     return Version.parse(value)
 
 
-def _check_label(label: str) -> str:
+def _check_label(label: str) -> None:
     """Validate a pre-release label such as ``"rc"`` or ``"beta"``."""
     if not isinstance(label, str):
         raise TypeError(f"label must be a str, not {type(label).__name__}")
@@ -67,7 +67,6 @@ def _check_label(label: str) -> str:
     Version(0, 0, 0, (label,))
     if label.isdigit():
         raise ValueError(f"label {label!r} must not be purely numeric")
-    return label
 
 
 def finalize(version: VersionLike) -> Version:
@@ -110,7 +109,7 @@ def bump_patch(version: VersionLike) -> Version:
 
 def _last_numeric_index(identifiers: Tuple[Identifier, ...]) -> Optional[int]:
     """Index of the right-most numeric identifier, or None if there is none."""
-    for index in range(len(identifiers) - 1, -1, -1):
+    for index in reversed(range(len(identifiers))):
         if isinstance(identifiers[index], int):
             return index
     return None

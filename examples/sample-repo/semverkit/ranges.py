@@ -158,8 +158,9 @@ def _parse_partial(text: str) -> _Partial:
     if text == "":
         raise ValueError("missing version")
     text, plus, build = text.partition("+")
-    if plus:
-        parse_build(build)  # validated, then ignored like npm does
+    if plus and not build:
+        raise ValueError("build metadata is empty")
+    parse_build(build)  # validated, then ignored like npm does
     core, dash, prerelease = text.partition("-")
     fields = core.split(".")
     if len(fields) > 3:

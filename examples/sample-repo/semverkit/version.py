@@ -286,11 +286,6 @@ class Version:
             return NotImplemented
         return self.compare(other) == 0
 
-    def __ne__(self, other):
-        if not isinstance(other, Version):
-            return NotImplemented
-        return self.compare(other) != 0
-
     def __lt__(self, other):
         if not isinstance(other, Version):
             return NotImplemented

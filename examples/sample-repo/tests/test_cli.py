@@ -29,7 +29,7 @@ def test_compare_invalid_version_is_an_error(capsys):
 
 def test_bump_command(capsys):
     assert run(capsys, "bump", "minor", "1.2.3") == (0, "1.3.0\n", "")
-    assert run(capsys, "bump", "major", "1.2.3") == (0, "2.0.0\n", "")
+    assert run(capsys, "bump", "patch", "1.2.3") == (0, "1.2.4\n", "")
 
 
 def test_bump_command_with_label(capsys):

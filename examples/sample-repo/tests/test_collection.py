@@ -97,6 +97,15 @@ def test_helpers_accept_range_objects():
     assert str(max_satisfying(RELEASES, r)) == "1.2.5"
     assert str(min_satisfying(RELEASES, r)) == "1.2.0"
     assert str(max_satisfying(["1.2.9-rc.1"], r, include_prerelease=True)) == "1.2.9-rc.1"
+    assert str(max_satisfying(["1.2.0", "1.2.9-rc.1"], r)) == "1.2.0"
+    assert r.include_prerelease is False
+
+
+def test_equal_versions_keep_the_first_one_seen():
+    versions = ["1.0.0+a", "1.0.0+b"]
+    assert max_satisfying(versions, "*").build == ("a",)
+    assert min_satisfying(versions, "*").build == ("a",)
+    assert latest_per_major(versions)[1].build == ("a",)
 
 
 def test_latest_per_major():

@@ -40,8 +40,8 @@ def test_comparator_rejects_unknown_operator():
 
 def test_exact_version_range():
     r = Range.parse("1.2.3")
-    assert "1.2.3" in r
-    assert "1.2.4" not in r
+    assert r.contains("1.2.3") is True
+    assert r.contains("1.2.4") is False
 
 
 def test_equals_and_v_prefix():
@@ -152,6 +152,11 @@ def test_tilde_zero_versions():
     assert expand("~0") == ">=0.0.0 <1.0.0-0"
 
 
+def test_tilde_wildcard_matches_anything():
+    assert expand("~*") == "*"
+    assert expand("~x.x") == "*"
+
+
 def test_tilde_greater_than_alias():
     assert expand("~>1.2.3") == ">=1.2.3 <1.3.0-0"
     assert expand("~> 1.2") == ">=1.2.0 <1.3.0-0"
@@ -193,6 +198,7 @@ def test_caret_partials():
     assert expand("^0.0") == ">=0.0.0 <0.1.0-0"
     assert expand("^0") == ">=0.0.0 <1.0.0-0"
     assert expand("^0.1") == ">=0.1.0 <0.2.0-0"
+    assert expand("^0.1.2") == ">=0.1.2 <0.2.0-0"
     assert expand("^1.x") == ">=1.0.0 <2.0.0-0"
     assert expand("^*") == "*"
 
@@ -282,7 +288,7 @@ def test_range_equality_and_hash():
     assert Range.parse("^1.2") == Range.parse(">=1.2.0 <2.0.0-0")
     assert hash(Range.parse("~1.2")) == hash(Range.parse("1.2.x"))
     assert Range.parse("^1.2") != Range.parse("^1.2", include_prerelease=True)
-    assert Range.parse("^1.2") != "^1.2"
+    assert (Range.parse("^1.2") == "^1.2") is False
 
 
 def test_range_repr():
@@ -302,6 +308,19 @@ def test_range_requires_a_set():
 def test_invalid_ranges_raise(text):
     with pytest.raises(ValueError, match="invalid range"):
         Range.parse(text)
+
+
+def test_build_metadata_in_range_is_validated_and_ignored():
+    assert expand("1.2.3+build.5") == "1.2.3"
+    with pytest.raises(ValueError, match="build metadata is empty"):
+        Range.parse("1.2.3+")
+    with pytest.raises(ValueError, match="invalid character"):
+        Range.parse("1.2.3+bad!")
+
+
+def test_invalid_range_error_names_the_field():
+    with pytest.raises(ValueError, match="minor version '' is not a number"):
+        Range.parse("1..2")
 
 
 def test_range_parse_rejects_non_string():

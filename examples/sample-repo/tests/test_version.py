@@ -1,3 +1,5 @@
+import operator
+
 import pytest
 
 from semverkit import Version, coerce, compare, compare_prerelease, is_valid, parse
@@ -99,9 +101,9 @@ def test_parse_rejects_non_string():
 
 
 def test_is_valid():
-    assert is_valid("1.0.0-rc.1+b")
-    assert not is_valid("1.0")
-    assert not is_valid(None)
+    assert is_valid("1.0.0-rc.1+b") is True
+    assert is_valid("1.0") is False
+    assert is_valid(None) is False
 
 
 # -- construction -----------------------------------------------------------
@@ -114,6 +116,12 @@ def test_constructor_defaults():
 
 def test_constructor_accepts_prerelease_string():
     assert Version(1, 2, 3, "beta.2").prerelease == ("beta", 2)
+
+
+def test_constructor_accepts_build_string():
+    v = Version(1, 2, 3, build="b.01")
+    assert v.build == ("b", "01")
+    assert str(v) == "1.2.3+b.01"
 
 
 def test_constructor_normalizes_numeric_string_identifiers():
@@ -138,6 +146,8 @@ def test_constructor_rejects_bad_prerelease_items():
         Version(1, 0, 0, [-1])
     with pytest.raises(TypeError):
         Version(1, 0, 0, [1.5])
+    with pytest.raises(TypeError):
+        Version(1, 0, 0, [True])
 
 
 def test_version_is_immutable():
@@ -235,6 +245,8 @@ def test_build_metadata_ignored_for_equality_and_hash():
 def test_equal_versions_hash_equal_and_unequal_differ():
     assert hash(Version.parse("1.2.3-rc.1")) == hash(Version(1, 2, 3, "rc.1"))
     assert Version.parse("1.2.3") != Version.parse("1.2.3-0")
+    assert hash(Version(1, 0, 0)) != hash(Version(2, 0, 0))
+    assert len({Version(1, 0, 0), Version(1, 0, 1), Version(1, 1, 0)}) == 3
 
 
 def test_rich_comparisons_on_equal_versions():
@@ -248,9 +260,11 @@ def test_rich_comparisons_on_equal_versions():
 def test_comparison_with_other_types():
     v = Version(1, 0, 0)
     assert v != "1.0.0"
-    assert not (v == (1, 0, 0))
-    with pytest.raises(TypeError):
-        v < "2.0.0"
+    assert (v == "1.0.0") is False
+    assert (v == (1, 0, 0)) is False
+    for compare_op in (operator.lt, operator.le, operator.gt, operator.ge):
+        with pytest.raises(TypeError):
+            compare_op(v, "2.0.0")
 
 
 def test_compare_method_and_function():
@@ -266,6 +280,12 @@ def test_compare_prerelease_function():
     assert compare_prerelease(("rc",), ()) == -1
     assert compare_prerelease(("rc", 1), ("rc", 1)) == 0
     assert compare_prerelease(("rc", 1), ("rc", 2)) == -1
+    assert compare_prerelease(("rc", 1, "a"), ("rc", 1)) == 1
+
+
+def test_compare_prerelease_mixed_identifier_kinds():
+    assert compare_prerelease((7,), ("a",)) == -1
+    assert compare_prerelease(("a",), (7,)) == 1
 
 
 def test_sorting_mixed_versions():
