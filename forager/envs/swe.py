@@ -40,8 +40,10 @@ def open_runtime(
     command_timeout: float = 120.0, max_output_bytes: int = 20_000,
 ) -> ShellRuntime:
     """A runtime for `task`: Docker when asked, or when `auto` and an engine with the task's image answers."""
+    client = None
     if kind == "auto":
-        kind = "docker" if task.image and _image_available(task.image) else "local"
+        client = _client_with_image(task.image) if task.image else None
+        kind = "docker" if client is not None else "local"
         if kind == "local" and not task.local_repo:
             raise RuntimeUnavailable(
                 f"task {task.instance_id}: no Docker engine with image {task.image!r} answers and it has no "
@@ -51,24 +53,24 @@ def open_runtime(
         if not task.image:
             raise RuntimeUnavailable(f"task {task.instance_id} has no image for the Docker runtime")
         return DockerRuntime(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
-                             max_output_bytes=max_output_bytes)
+                             max_output_bytes=max_output_bytes, client=client)
     if not task.local_repo:
         raise RuntimeUnavailable(f"task {task.instance_id} has no local_repo for the local runtime")
     return LocalRuntime(task.local_repo, command_timeout=command_timeout, max_output_bytes=max_output_bytes)
 
 
-def _image_available(image: str) -> bool:
+def _client_with_image(image: str):
+    """A Docker client (reused by the runtime: one connection and ping per reset) if `image` is there."""
     try:
         client = docker_client()
     except RuntimeUnavailable:
-        return False
+        return None
     try:
         client.images.get(image)
-        return True
+        return client
     except Exception:  # noqa: BLE001 - missing image or engine trouble: both mean "not here"
-        return False
-    finally:
         client.close()
+        return None
 
 
 class SWEEnv(gym.Env[str, str]):
