@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,14 +17,18 @@ DEFAULT_TEST_COMMAND = "python -m pytest -rA -p no:cacheprovider -o console_outp
 class Task(BaseModel):
     """One repository at one commit, a problem to solve there, and the tests that decide success.
 
-    The field names follow the SWE-bench instance schema where one exists (`instance_id`,
-    `base_commit`, `problem_statement`, `patch`, `test_patch`, `FAIL_TO_PASS`, `PASS_TO_PASS`).
+    A superset of the SWE-bench instance schema (`instance_id`, `repo`, `base_commit`,
+    `problem_statement`, `hints_text`, `created_at`, `version`, `environment_setup_commit`, `patch`,
+    `test_patch`, `FAIL_TO_PASS`, `PASS_TO_PASS`), plus what Forager needs to run it: the image, the
+    test command and log parser, the planted bug of a mutate-fix task, and free metadata.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     instance_id: str
     problem_statement: str
+    kind: Literal["mutate-fix", "issue-fix"] = "issue-fix"
+    """`mutate-fix`: a bug Forager planted (`setup_patch`); `issue-fix`: a real issue at `base_commit`."""
     repo: str = ""
     """Human-readable repository name, e.g. `owner/name`."""
     image: str | None = None
@@ -42,11 +46,20 @@ class Task(BaseModel):
     test_patch: str | None = None
     """Tests applied at grading time only (never shown to the agent)."""
     test_command: str = DEFAULT_TEST_COMMAND
-    """Command that runs pytest-style node ids appended to it, printing `-rA` summary lines."""
+    """Command that runs the test ids appended to it. A pytest command runs under Forager's hardened
+    harness (results from junit XML); any other command is run as is and read with `log_parser`."""
+    log_parser: str = "pytest"
+    """How to read a test log: `pytest` (`-rA` summary lines, as swebench's `parse_log_pytest`) or
+    `swebench` (the parser swebench registers for `repo`; needs the `swebench` package)."""
     test_timeout: float = 300.0
     FAIL_TO_PASS: list[str] = Field(default_factory=list)
     PASS_TO_PASS: list[str] = Field(default_factory=list)
+    hints_text: str = ""
+    created_at: str | None = None
+    version: str | None = None
+    environment_setup_commit: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    """Free-form: operator, target function, difficulty, source, ..."""
 
     @field_validator("FAIL_TO_PASS", "PASS_TO_PASS", mode="before")
     @classmethod

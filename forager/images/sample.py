@@ -152,7 +152,8 @@ def sample_tasks(image: str | None = None) -> list[Task]:
             patch=_reverse_patch(repo, setup_patch),
             FAIL_TO_PASS=bug["FAIL_TO_PASS"],
             PASS_TO_PASS=bug["PASS_TO_PASS"],
-            metadata={"kind": "mutate-fix", "source": "examples/sample-bugs", "bug": bug["name"]},
+            kind="mutate-fix",
+            metadata={"source": "examples/sample-bugs", "bug": bug["name"]},
         ))
     return tasks
 
