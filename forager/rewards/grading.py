@@ -1,23 +1,47 @@
-"""Grading a patch the way SWE-bench does: PASSED or XFAIL count as a pass; resolved means every
-FAIL_TO_PASS and PASS_TO_PASS test passes. The repository is set up in a fresh runtime, so nothing
-the agent left running or changed outside its diff can touch the result.
+"""Grading a patch the way SWE-bench does, in a way the agent cannot game.
+
+1. The agent's diff loses every change to a protected path: tests, `conftest.py`, the files the
+   hidden `test_patch` touches, interpreter hooks (`sitecustomize.py`, `*.pth`), test settings
+   (`pytest.ini`, `tox.ini`, `setup.cfg`, `pyproject.toml`) and anything named like pytest.
+2. What is left is applied in a fresh runtime from the task image (`git apply`, then `--3way`, then
+   `patch --fuzz`), then the hidden `test_patch`.
+3. Only FAIL_TO_PASS and PASS_TO_PASS run, under the hardened harness (`forager.harness`): results
+   come from junit XML at a secret path, and count only if pytest returned normally.
+4. The statuses are graded with swebench's semantics (`swebench.harness.grading`, version 5):
+   PASSED or XFAIL is a pass; a skipped FAIL_TO_PASS test fails, a skipped PASS_TO_PASS test is
+   maintained; FULL when both rates are 1, PARTIAL when some FAIL_TO_PASS pass and every
+   PASS_TO_PASS is maintained, NO otherwise. Resolved means FULL.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from forager.core import Task
-from forager.runtime.base import ShellRuntime
-from forager.tasks.checkout import checkout_task
+from forager.core import ForagerError, Task
+from forager.harness import PASS_STATUSES, PytestCommand, PytestHarness
+from forager.runtime.base import ShellRuntime, q
 
-PASS_STATUSES = {"PASSED", "XFAIL"}
-_REPORT_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED)\s+(\S+)", re.MULTILINE)
+PROTECTED_PATHS: tuple[str, ...] = (
+    # tests, wherever they live
+    "tests/*", "test/*", "testing/*", "*/tests/*", "*/test/*", "*/testing/*", "test_*.py", "*_test.py",
+    "conftest.py",
+    # interpreter start-up hooks
+    "sitecustomize.py", "usercustomize.py", "*.pth",
+    # test settings (addopts, plugins, the rootdir pytest picks)
+    "pytest.ini", ".pytest.ini", "pytest.toml", "tox.ini", "setup.cfg", "pyproject.toml", "noxfile.py",
+    # stand-ins for the test runner itself
+    "pytest.py", "pytest/*", "_pytest/*", "py.py", "pluggy/*",
+)
+"""Patterns of paths the agent may not change: a pattern without `/` matches any file of that name."""
+
+_STATUS_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|SKIPPED)\s")
+_SKIP_SUMMARY_COUNT = re.compile(r"^\[\d+\]$")
 
 
 @dataclass
@@ -27,6 +51,7 @@ class RewardConfig:
     """0 by default; CWM used -1."""
     partial_credit: bool = False
     """Give the share of passing tests (scaled between `unresolved` and `resolved`) instead of all or nothing."""
+    protected_paths: tuple[str, ...] = PROTECTED_PATHS
 
 
 @dataclass
@@ -34,20 +59,217 @@ class RewardResult:
     reward: float
     resolved: bool
     report: str
-    """FULL, PARTIAL or NO, as SWE-bench reports resolution."""
+    """FULL, PARTIAL or NO, as swebench reports resolution."""
     tests_status: dict[str, str] = field(default_factory=dict)
+    """Per test: PASSED, FAILED, ERROR, SKIPPED, XFAIL, XPASS, or MISSING when it gave no result."""
+    fail_to_pass: dict[str, list[str]] = field(default_factory=lambda: {"success": [], "failure": []})
+    pass_to_pass: dict[str, list[str]] = field(default_factory=lambda: {"success": [], "failure": []})
     patch_applied: bool = True
+    excluded_files: list[str] = field(default_factory=list)
+    """Files the agent changed that grading left out (protected paths)."""
     log: str = ""
     error: str | None = None
+    hardened: bool = True
+    """False when the test command is not pytest and the log was read with a log parser."""
     duration_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# -- reading statuses ------------------------------------------------------------------------------
 def parse_pytest_report(log: str) -> dict[str, str]:
-    """Per-test status from pytest's `-rA` short summary lines (the last status of a test wins)."""
-    return {test: status for status, test in _REPORT_LINE.findall(log)}
+    """Per-test status from pytest's `-rA` lines, exactly as swebench's `parse_log_pytest` reads them."""
+    statuses = {}
+    for line in log.split("\n"):
+        if not _STATUS_LINE.match(line):
+            continue
+        if line.startswith("FAILED"):
+            line = line.replace(" - ", " ")
+        words = line.split()
+        if len(words) <= 1 or (words[0] == "SKIPPED" and _SKIP_SUMMARY_COUNT.match(words[1])):
+            continue
+        statuses[words[1]] = words[0]
+    return statuses
+
+
+def _swebench_parser(task: Task) -> Callable[[str], dict[str, str]]:
+    try:
+        from swebench.harness.log_parsers import PARSER_REGISTRY
+        from swebench.types import TestSpec
+    except ImportError as err:
+        raise ForagerError(
+            f"task {task.instance_id} reads its log with swebench's parser {task.log_parser!r}: "
+            "pip install 'forager[eval]'"
+        ) from err
+    name = task.log_parser
+    if name == "swebench":
+        name = _swebench_parser_name(task)
+    if name not in PARSER_REGISTRY:
+        raise ForagerError(f"task {task.instance_id}: swebench has no log parser {name!r}")
+    spec = TestSpec(instance_id=task.instance_id, image=task.image or "", eval_script_list=[], repo=task.repo,
+                    version=task.version or "", FAIL_TO_PASS=task.FAIL_TO_PASS, PASS_TO_PASS=task.PASS_TO_PASS,
+                    log_parser=name)
+    return lambda log: PARSER_REGISTRY[name](log, spec)
+
+
+def _swebench_parser_name(task: Task) -> str:
+    """The parser swebench's specs name for the task's repository (pytest's when they name none)."""
+    try:
+        from swebench.harness.constants import MAP_REPO_VERSION_TO_SPECS
+
+        specs = MAP_REPO_VERSION_TO_SPECS.get(task.repo, {}).get(task.version or "", {})
+        return specs.get("log_parser") or "parse_log_pytest"
+    except ImportError:
+        return "parse_log_pytest"
+
+
+# -- swebench's grading semantics ------------------------------------------------------------------
+def _resolve_case(case: str, statuses: Mapping[str, str]) -> str | None:
+    """swebench's tolerance of truncated parametrized ids (SWE-bench Verified has 676 of them)."""
+    if case in statuses:
+        return case
+    if case.count("[") > case.count("]"):
+        matches = [k for k in statuses if k.startswith(case)]
+        if matches and len({statuses[k] in PASS_STATUSES for k in matches}) == 1:
+            return matches[0]
+    return None
+
+
+def grade_statuses(
+    statuses: Mapping[str, str], fail_to_pass: Iterable[str], pass_to_pass: Iterable[str]
+) -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
+    """(FULL | PARTIAL | NO, FAIL_TO_PASS success/failure, PASS_TO_PASS success/failure)."""
+
+    def status(case: str) -> str | None:
+        key = _resolve_case(case, statuses)
+        return None if key is None else statuses[key]
+
+    f2p: dict[str, list[str]] = {"success": [], "failure": []}
+    for case in fail_to_pass:
+        s = status(case)
+        if s in PASS_STATUSES:
+            f2p["success"].append(case)
+        elif s is None or s in ("FAILED", "ERROR", "SKIPPED"):
+            f2p["failure"].append(case)
+    p2p: dict[str, list[str]] = {"success": [], "failure": []}
+    for case in pass_to_pass:
+        s = status(case)
+        if s in PASS_STATUSES or s == "SKIPPED":
+            p2p["success"].append(case)
+        elif s is None or s in ("FAILED", "ERROR"):
+            p2p["failure"].append(case)
+
+    def rate(group: dict[str, list[str]]) -> float:
+        total = len(group["success"]) + len(group["failure"])
+        return 1.0 if total == 0 else len(group["success"]) / total
+
+    f2p_rate, p2p_rate = rate(f2p), rate(p2p)
+    if f2p_rate == 1 and p2p_rate == 1:
+        report = "FULL"
+    elif 0 < f2p_rate < 1 and p2p_rate == 1:
+        report = "PARTIAL"
+    else:
+        report = "NO"
+    return report, f2p, p2p
+
+
+# -- the agent's diff --------------------------------------------------------------------------------
+@dataclass
+class FilePatch:
+    old_path: str | None
+    new_path: str | None
+    text: str
+
+    @property
+    def paths(self) -> set[str]:
+        return {p for p in (self.old_path, self.new_path) if p}
+
+
+_GIT_HEADER = re.compile(r'^diff --git (?:"?a/(.+?)"?) (?:"?b/(.+?)"?)$')
+
+
+def split_diff(diff: str) -> list[FilePatch]:
+    """A unified diff (git's or plain) cut into one patch per file, with the paths it touches."""
+    lines = diff.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("diff --git ")]
+    if not starts:  # a plain unified diff: each file starts at a `--- ` line followed by `+++ `
+        starts = [i for i, line in enumerate(lines[:-1]) if line.startswith("--- ") and lines[i + 1].startswith("+++ ")]
+    patches = []
+    for n, start in enumerate(starts):
+        chunk = lines[start: starts[n + 1] if n + 1 < len(starts) else len(lines)]
+        old = new = None
+        header = _GIT_HEADER.match(chunk[0].rstrip("\n"))
+        if header:
+            old, new = header.group(1), header.group(2)
+        for line in chunk:
+            if line.startswith("@@"):
+                break
+            if line.startswith("--- "):
+                old = _strip_prefix(line[4:], "a/")
+            elif line.startswith("+++ "):
+                new = _strip_prefix(line[4:], "b/")
+            elif line.startswith("rename from "):
+                old = line[12:].rstrip("\n")
+            elif line.startswith("rename to "):
+                new = line[10:].rstrip("\n")
+        patches.append(FilePatch(old, new, "".join(chunk)))
+    return patches
+
+
+def _strip_prefix(path: str, prefix: str) -> str | None:
+    path = path.rstrip("\n").split("\t")[0].strip('"')
+    if path == "/dev/null":
+        return None
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def is_protected(path: str, patterns: Iterable[str]) -> bool:
+    name = path.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(path if "/" in p else name, p) for p in patterns)
+
+
+def filter_diff(diff: str, protected: Iterable[str], also: Iterable[str] = ()) -> tuple[str, list[str]]:
+    """The diff without the files it may not touch, and the paths left out.
+
+    Unsafe paths (absolute, or with a `..` part) are left out too, whatever the patterns say.
+    """
+    patterns, extra = tuple(protected), set(also)
+    kept, excluded = [], []
+    for patch in split_diff(diff):
+        bad = [p for p in patch.paths if p in extra or is_protected(p, patterns) or _unsafe(p)]
+        if bad:
+            excluded.extend(sorted(patch.paths))
+        else:
+            kept.append(patch.text)
+    return "".join(kept), sorted(set(excluded))
+
+
+def _unsafe(path: str) -> bool:
+    return path.startswith("/") or ".." in path.split("/")
+
+
+# -- grading ------------------------------------------------------------------------------------------
+def prepare_for_grading(runtime: ShellRuntime, task: Task) -> None:
+    """The task's starting tree (base commit plus any planted bug), staged, without rewriting history."""
+    runtime.run_checked(
+        f"git -c advice.detachedHead=false checkout -q -f {q(task.base_commit)} && git clean -q -fdx"
+    )
+    if task.setup_patch:
+        runtime.write_file("/tmp/forager-setup.patch", task.setup_patch)
+        runtime.run_checked("git apply --index --whitespace=nowarn /tmp/forager-setup.patch")
+
+
+def apply_patch(runtime: ShellRuntime, patch: str, name: str) -> tuple[bool, str]:
+    """Apply with `git apply`, then `git apply --3way`, then `patch --fuzz`; (applied, log)."""
+    path = f"/tmp/forager-{name}.patch"
+    runtime.write_file(path, patch if patch.endswith("\n") else patch + "\n")
+    obs = runtime.run(
+        f"cd {q(runtime.workdir)} && {{ git apply --whitespace=nowarn {path} || "
+        f"git apply --whitespace=nowarn --3way {path} || patch -p1 --batch --fuzz=3 -i {path}; }} 2>&1",
+        120,
+    )
+    return obs.ok, obs.output
 
 
 def grade_patch(
@@ -56,45 +278,63 @@ def grade_patch(
     open_runtime: Callable[[Task], ShellRuntime],
     config: RewardConfig | None = None,
 ) -> RewardResult:
-    """Apply `diff` to the task's starting state in a new runtime, run the task's tests, and grade them."""
+    """Grade `diff` (the agent's changes against the task's starting state) in a new runtime."""
     config = config or RewardConfig()
     started = time.monotonic()
+    hidden = {p for patch in split_diff(task.test_patch or "") for p in patch.paths}
+    kept, excluded = filter_diff(diff, config.protected_paths, hidden)
+
+    def result(**kwargs: Any) -> RewardResult:
+        kwargs.setdefault("reward", config.unresolved)
+        kwargs.setdefault("resolved", False)
+        kwargs.setdefault("report", "NO")
+        return RewardResult(excluded_files=excluded, duration_s=time.monotonic() - started, **kwargs)
+
     with open_runtime(task) as runtime:
-        checkout_task(runtime, task)
-        for name, patch in (("agent", diff), ("test", task.test_patch or "")):
-            if patch.strip() and not _apply(runtime, patch, name):
-                return RewardResult(
-                    config.unresolved, False, "NO", patch_applied=False, error=f"the {name} patch does not apply",
-                    log=runtime.run("cat /tmp/forager-apply.log", 30).output, duration_s=time.monotonic() - started,
-                )
-        tests = " ".join(shlex.quote(t) for t in task.tests)
-        # Untruncated: the per-test summary lines must all survive, however long the log.
-        obs = runtime.session.run(f"{task.test_command} {tests}", task.test_timeout, max_output_bytes=1 << 26)
-    statuses = parse_pytest_report(obs.output)
-    tests_status = {test: statuses.get(test, "MISSING") for test in task.tests}
-    passed = [t for t, s in tests_status.items() if s in PASS_STATUSES]
-    resolved = bool(task.tests) and len(passed) == len(task.tests)
-    f2p_passed = sum(tests_status[t] in PASS_STATUSES for t in task.FAIL_TO_PASS)
-    report = "FULL" if resolved else "PARTIAL" if f2p_passed else "NO"
+        prepare_for_grading(runtime, task)
+        for name, patch in (("agent", kept), ("test", task.test_patch or "")):
+            if patch.strip():
+                applied, log = apply_patch(runtime, patch, name)
+                if not applied:
+                    who = "the agent's patch" if name == "agent" else "the task's test patch (a broken task)"
+                    return result(patch_applied=False, error=f"{who} does not apply", log=log)
+        statuses, log, error, hardened = _run_tests(runtime, task)
+
+    report, f2p, p2p = grade_statuses(statuses, task.FAIL_TO_PASS, task.PASS_TO_PASS)
+    resolved = report == "FULL" and bool(task.tests)
+    passed = len(f2p["success"]) + len(p2p["success"])
     if resolved:
         reward = config.resolved
-    elif config.partial_credit and task.tests:
-        reward = config.unresolved + (config.resolved - config.unresolved) * len(passed) / len(task.tests)
+    elif config.partial_credit and task.tests and error is None:
+        reward = config.unresolved + (config.resolved - config.unresolved) * passed / len(task.tests)
     else:
         reward = config.unresolved
-    return RewardResult(
-        reward, resolved, report, tests_status, log=obs.output,
-        error="the tests timed out" if obs.timed_out else None, duration_s=time.monotonic() - started,
+    return result(
+        reward=reward, resolved=resolved, report=report if task.tests else "NO",
+        tests_status={t: statuses.get(t, "MISSING") for t in task.tests},
+        fail_to_pass=f2p, pass_to_pass=p2p, log=log, error=error, hardened=hardened,
     )
 
 
-def _apply(runtime: ShellRuntime, patch: str, name: str) -> bool:
-    path = f"/tmp/forager-{name}.patch"
-    runtime.write_file(path, patch if patch.endswith("\n") else patch + "\n")
-    obs = runtime.run(
-        f"cd {shlex.quote(runtime.workdir)} && {{ git apply --whitespace=nowarn {path} || "
-        f"git apply --whitespace=nowarn --3way {path} || patch -p1 --batch --fuzz=3 -i {path}; }} "
-        "> /tmp/forager-apply.log 2>&1",
-        120,
-    )
-    return obs.ok
+def _run_tests(runtime: ShellRuntime, task: Task) -> tuple[dict[str, str], str, str | None, bool]:
+    """(statuses, log, error, hardened) of the task's tests in `runtime`."""
+    command = PytestCommand.parse(task.test_command)
+    if command is not None and task.log_parser == "pytest":
+        run = PytestHarness(runtime, command).run(task.tests, task.test_timeout, hardened=True)
+        error = None
+        if run.timed_out:
+            error = f"the tests timed out after {task.test_timeout:g} s"
+        elif not run.complete:
+            error = (f"the test run did not finish normally (exit code {run.exit_code}): the process was killed, "
+                     "crashed, or exited early (os._exit); its results do not count")
+        statuses = run.statuses if run.complete else {}
+        return statuses, run.log, error, True
+    # Not pytest: run the command as is and read its log as swebench would, exit code included.
+    parse = parse_pytest_report if task.log_parser == "pytest" else _swebench_parser(task)
+    tests = " ".join(shlex.quote(t) for t in task.tests)
+    obs = runtime.session.run(f"{task.test_command} {tests}", task.test_timeout, max_output_bytes=1 << 26)
+    statuses = parse(obs.output)
+    error = f"the tests timed out after {task.test_timeout:g} s" if obs.timed_out else None
+    if obs.exit_code not in (None, 0) and statuses and not any(s in ("FAILED", "ERROR") for s in statuses.values()):
+        statuses, error = {}, f"the test command exited {obs.exit_code} but its log reports no failure: not trusted"
+    return statuses, obs.output, error, False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import base64
 import os
 import signal
 import socket
@@ -153,6 +154,15 @@ class ShellRuntime(ABC):
         path = self.abspath(path)
         data = ansi_c_quote(content.encode()).decode()
         self.run_checked(f"mkdir -p -- \"$(dirname -- {q(path)})\" && printf '%s' {data} > {q(path)}")
+
+    def put_file(self, path: str, data: bytes, chunk: int = 1 << 16) -> None:
+        """Write bytes (a wheel, a tool) at `path`, through the shell as base64 in chunks."""
+        path = self.abspath(path)
+        encoded = base64.b64encode(data).decode()
+        self.run_checked(f"mkdir -p -- \"$(dirname -- {q(path)})\" && : > {q(path)}.b64")
+        for start in range(0, len(encoded), chunk):
+            self.run_checked(f"printf '%s' '{encoded[start:start + chunk]}' >> {q(path)}.b64")
+        self.run_checked(f"base64 -d {q(path)}.b64 > {q(path)} && rm -f {q(path)}.b64")
 
     def diff(self, base: str = "HEAD") -> str:
         """Changes of the working tree (new files included) against `base`, without touching the index."""

@@ -1,0 +1,212 @@
+"""Forager's pytest runner, copied into the task's container and run by its own Python.
+
+Standard library and pytest only (coverage for `coverage` mode); it must run on any Python >= 3.8
+that an image holds, so it uses no Forager code. Modes:
+
+    run       read a JSON request from stdin, run pytest once, write junit XML where asked, and
+              print an end marker with a nonce when pytest returned normally;
+    coverage  the same, recording which lines each test executes (coverage.py dynamic contexts);
+    serve     a fork server: import pytest once, then run each request in a forked child.
+
+A request names everything in stdin, never in argv: code under test can read `sys.argv`, and the
+grader's report path and nonce must stay out of its reach.
+"""
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+
+def _prepare_sys_path(cwd):
+    """Import pytest from the environment, then make the project importable as `python -m pytest` does.
+
+    Run with `python -I`, the repository is not on sys.path while pytest is imported, so a
+    `pytest.py` or `_pytest/` in the repository cannot stand in for the real one.
+    """
+    import pytest  # noqa: F401  (the real one, imported before the repository is on sys.path)
+
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] if sys.flags.isolated else []
+    sys.path[0:0] = [cwd] + extra
+
+
+class _Coverage:
+    """Per-test line coverage: one coverage.py context per test node id."""
+
+    def __init__(self, source, out):
+        import coverage
+
+        self.out = out
+        self.cov = coverage.Coverage(data_file=None, source=[source], config_file=False)
+        self.cov.start()
+
+    def pytest_runtest_protocol(self, item, nextitem):  # noqa: ARG002 - pytest hook signature
+        self.cov.switch_context(item.nodeid)
+
+    def pytest_sessionfinish(self, session, exitstatus):  # noqa: ARG002
+        self.cov.switch_context("")
+        self.cov.stop()
+        data = self.cov.get_data()
+        ids, files = {}, {}
+        for path in data.measured_files():
+            lines = {}
+            for lineno, contexts in (data.contexts_by_lineno(path) or {}).items():
+                tests = [ids.setdefault(c, len(ids)) for c in contexts if c]
+                if tests:
+                    lines[lineno] = tests
+            if lines:
+                files[path] = lines
+        with open(self.out, "w") as fh:
+            json.dump({"tests": sorted(ids, key=ids.get), "files": files}, fh)
+
+
+class _Statuses:
+    """Marks an unexpectedly passing xfail test in the junit XML, which otherwise reports it as passed."""
+
+    def __init__(self):
+        import pytest
+
+        self.pytest_runtest_makereport = pytest.hookimpl(hookwrapper=True)(self._makereport)
+
+    @staticmethod
+    def _makereport(item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if call.when == "call" and report.passed and hasattr(report, "wasxfail"):
+            item.user_properties.append(("forager_status", "XPASS"))
+
+
+def _pytest_args(request):
+    args = list(request["args"])
+    if request.get("junit"):
+        args += ["--junitxml=" + request["junit"], "-o", "junit_family=xunit1", "-o", "junit_logging=no"]
+    return args + ["-p", "no:cacheprovider"]
+
+
+def _run(request, coverage=False):
+    cwd = request.get("cwd") or os.getcwd()
+    os.chdir(cwd)
+    _prepare_sys_path(cwd)
+    import pytest
+
+    plugins = [_Statuses()] + ([_Coverage(cwd, request["coverage_out"])] if coverage else [])
+    rc = pytest.main(_pytest_args(request), plugins=plugins)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Reached only when pytest returned: os._exit in code under test, a crash or a kill skip it.
+    sys.stdout.write("\nFORAGER-END %s %d\n" % (request.get("nonce", ""), int(rc)))
+    sys.stdout.flush()
+    return int(rc)
+
+
+def _serve(request):
+    """Fork server. Requests arrive as JSON lines on a FIFO, replies leave on another: the shell talks
+    to it with builtins alone, so a run costs no extra process start."""
+    cwd = request["cwd"]
+    os.chdir(cwd)
+    import importlib
+
+    import pytest  # noqa: F401  (the point of the server: imported once)
+    from _pytest.config import default_plugins
+
+    for name in default_plugins:  # the builtin plugins every child would import again
+        try:
+            importlib.import_module("_pytest." + name)
+        except ImportError:
+            pass
+    parent = os.getppid()
+    inbox, outbox = request["fifo"] + ".in", request["fifo"] + ".out"
+    for path in (inbox, outbox):
+        if not os.path.exists(path):
+            os.mkfifo(path, 0o600)
+    # Opened read-write, the inbox always has a writer (us): no EOF between clients, and select works.
+    fd = os.open(inbox, os.O_RDWR)
+    sys.stdout.write("FORAGER-SERVING %d\n" % os.getpid())
+    sys.stdout.flush()
+    pending = b""
+    while os.getppid() == parent and os.path.exists(inbox):
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            continue
+        pending += os.read(fd, 65536)
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            reply = json.dumps(_serve_one(json.loads(line), cwd)) + "\n"
+            _reply(outbox, reply.encode())
+
+
+def _reply(path, data, patience=10.0):
+    """Hand a reply to the waiting shell; give up if nobody reads (the client was killed)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            out = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
+    try:
+        os.set_blocking(out, True)
+        os.write(out, data)
+    finally:
+        os.close(out)
+
+
+def _serve_one(request, cwd):
+    started = time.monotonic()
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    pid = os.fork()
+    if pid == 0:  # the child: one pytest session, then exit without running the parent's atexit hooks
+        try:
+            os.setsid()
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            sys.path.insert(0, cwd)
+            import pytest
+
+            rc = pytest.main(_pytest_args(request), plugins=[_Statuses()])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(rc))
+        except BaseException:  # noqa: BLE001 - anything here must end the child, not the server
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(70)
+    os.close(log)
+    deadline = started + float(request.get("timeout") or 1e9)
+    timed_out, status = False, None
+    while status is None:
+        done, raw = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = raw
+        elif time.monotonic() > deadline:
+            timed_out = True
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _, status = os.waitpid(pid, 0)
+        else:
+            time.sleep(0.002)
+    rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+    return {"rc": rc, "timed_out": timed_out, "duration": time.monotonic() - started}
+
+
+def main():
+    mode = sys.argv[1]
+    request = json.loads(sys.stdin.readline())
+    if request.get("self_destruct"):
+        os.unlink(os.path.abspath(__file__))
+    if mode == "serve":
+        _serve(request)
+        return 0
+    return _run(request, coverage=(mode == "coverage"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
