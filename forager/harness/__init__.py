@@ -14,6 +14,7 @@ to run it, one result type:
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -29,7 +30,7 @@ from forager.runtime.base import ShellRuntime, q
 RUNNER = Path(__file__).with_name("runner.py")
 PASS_STATUSES = frozenset({"PASSED", "XFAIL"})
 """What swebench counts as a pass."""
-_END = re.compile(r"^FORAGER-END (\S*) (-?\d+)$", re.MULTILINE)
+_END = re.compile(r"^FORAGER-END (\S*) (-?\d+) ([A-Za-z0-9+/=]*)$", re.MULTILINE)
 _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -165,12 +166,15 @@ class PytestHarness:
             self.runtime.write_file(f"{self._dir}/runner.py", RUNNER.read_text())
         return self._dir
 
-    def _request_command(self, mode: str, request: dict, *, isolated: bool, log: str) -> str:
-        script = f"{self._tools()}/runner.py"
+    def _request_command(
+        self, mode: str, request: dict, *, isolated: bool = False, log: str | None = None, script: str | None = None
+    ) -> str:
+        script = script or f"{self._tools()}/runner.py"
         flags = "-I " if isolated else ""
+        output = f"> {q(log)} 2>&1" if log else "2>&1"
         return (
             f"cd {q(self.runtime.workdir)} && {self.command.env_prefix()}PYTHONDONTWRITEBYTECODE=1 "
-            f"{self.command.python} {flags}{script} {mode} > {q(log)} 2>&1 <<'FORAGER_REQUEST'\n"
+            f"{self.command.python} {flags}{script} {mode} {output} <<'FORAGER_REQUEST'\n"
             f"{json.dumps(request)}\nFORAGER_REQUEST"
         )
 
@@ -179,30 +183,25 @@ class PytestHarness:
         """Run `tests` (node ids) once and read their statuses."""
         if self._fifo and not hardened:
             return self._run_served(tests, timeout)
-        if hardened:
-            # A one-shot directory and runner: the runner deletes itself once it has read the request.
-            work = self.runtime.run_checked("mktemp -d /tmp/forager-XXXXXXXX").strip()
-            self.runtime.write_file(f"{work}/runner.py", RUNNER.read_text())
-            saved, self._dir = self._dir, work
-        else:
-            work = self.runtime.run_checked("mktemp -d /tmp/forager-XXXXXXXX").strip()
-        try:
-            nonce = secrets.token_hex(16)
-            junit, log = f"{work}/{secrets.token_hex(8)}.xml", f"{work}/log"
-            request = {"args": [*self.command.args, *tests], "junit": junit, "nonce": nonce,
-                       "cwd": self.runtime.workdir, "self_destruct": hardened}
-            obs = self.runtime.session.run(
-                self._request_command("run", request, isolated=hardened, log=log), timeout, internal=True
-            )
-            text = self._read(log)
-            end = [m for m in _END.finditer(text) if m.group(1) == nonce]
-            exit_code = int(end[-1].group(2)) if end else obs.exit_code
-            xml = self._read(junit) if end else ""
-            return self._result(tests, xml, text, exit_code, bool(end), obs.timed_out, obs.duration_s)
-        finally:
-            self.runtime.run(f"rm -rf {q(work)}", 30)
-            if hardened:
-                self._dir = saved
+        # The grader's run uses a one-shot directory and runner: it deletes itself once it has read
+        # the request, and the report path is random.
+        work = self.runtime.run_checked("mktemp -d /tmp/forager-XXXXXXXX").strip()
+        script = f"{work}/runner.py"
+        self.runtime.write_file(script, RUNNER.read_text())
+        nonce = secrets.token_hex(16)
+        request = {"args": [*self.command.args, *tests], "junit": f"{work}/{secrets.token_hex(8)}.xml",
+                   "nonce": nonce, "cwd": self.runtime.workdir, "self_destruct": True}
+        obs = self.runtime.session.run(
+            self._request_command("run", request, script=script, isolated=hardened), timeout,
+            max_output_bytes=1 << 28, internal=True,
+        )
+        self.runtime.run(f"rm -rf {q(work)}", 30)
+        # The first marker with our nonce counts; anything printed after it is ignored.
+        end = next((m for m in _END.finditer(obs.output) if m.group(1) == nonce), None)
+        if end is None:
+            return self._result(tests, "", obs.output, obs.exit_code, False, obs.timed_out, obs.duration_s)
+        xml = base64.b64decode(end.group(3)).decode("utf-8", "replace")
+        return self._result(tests, xml, obs.output[:end.start()], int(end.group(2)), True, False, obs.duration_s)
 
     def collect(self, timeout: float = 300.0) -> list[str]:
         """Node ids of every test pytest collects with the task's options."""
@@ -226,7 +225,7 @@ class PytestHarness:
         junit, log, out = f"{work}/report.xml", f"{work}/log", f"{work}/coverage.json"
         request = {"args": list(self.command.args), "junit": junit, "nonce": nonce,
                    "cwd": self.runtime.workdir, "coverage_out": out}
-        command = self._request_command("coverage", request, isolated=False, log=log)
+        command = self._request_command("coverage", request, log=log)
         if site:
             command = command.replace(" && ", f" && PYTHONPATH={q(site)}${{PYTHONPATH:+:$PYTHONPATH}} ", 1)
         obs = self.runtime.session.run(command, timeout, internal=True)
@@ -234,7 +233,8 @@ class PytestHarness:
         end = [m for m in _END.finditer(text) if m.group(1) == nonce]
         if not end:
             raise ForagerError(f"the coverage run did not finish (timed out: {obs.timed_out}):\n{text[-3000:]}")
-        run = self._result(tests, self._read(junit), text, int(end[-1].group(2)), True, False, obs.duration_s)
+        xml = base64.b64decode(end[-1].group(3)).decode("utf-8", "replace")
+        run = self._result(tests, xml, text[:end[-1].start()], int(end[-1].group(2)), True, False, obs.duration_s)
         raw = json.loads(self._read(out))
         prefix = self.runtime.workdir.rstrip("/") + "/"
         files = {
@@ -270,7 +270,7 @@ class PytestHarness:
         if self._fifo:
             return
         fifo, log = f"{self._tools()}/server", f"{self._tools()}/server.log"
-        command = self._request_command("serve", {"fifo": fifo, "cwd": self.runtime.workdir}, isolated=False, log=log)
+        command = self._request_command("serve", {"fifo": fifo, "cwd": self.runtime.workdir}, log=log)
         self.runtime.session.run(f"(\n{command}\n) &", 30, internal=True)
         wait = self.runtime.session.run(
             f"for i in $(seq 1 {int(timeout * 20)}); do grep -q FORAGER-SERVING {q(log)} 2>/dev/null && exit 0; "

@@ -3,8 +3,8 @@
 Standard library and pytest only (coverage for `coverage` mode); it must run on any Python >= 3.8
 that an image holds, so it uses no Forager code. Modes:
 
-    run       read a JSON request from stdin, run pytest once, write junit XML where asked, and
-              print an end marker with a nonce when pytest returned normally;
+    run       read a JSON request from stdin, run pytest once, and when pytest returned normally,
+              print an end marker with the request's nonce, the exit code and the junit XML;
     coverage  the same, recording which lines each test executes (coverage.py dynamic contexts);
     serve     a fork server: import pytest once, then run each request in a forked child.
 
@@ -12,6 +12,7 @@ A request names everything in stdin, never in argv: code under test can read `sy
 grader's report path and nonce must stay out of its reach.
 """
 
+import base64
 import json
 import os
 import select
@@ -92,13 +93,20 @@ def _run(request, coverage=False):
     import pytest
 
     plugins = [_Statuses()] + ([_Coverage(cwd, request["coverage_out"])] if coverage else [])
-    rc = pytest.main(_pytest_args(request), plugins=plugins)
+    rc = int(pytest.main(_pytest_args(request), plugins=plugins))
+    # Reached only when pytest returned: os._exit in code under test, a crash or a kill skip it.
+    # The report travels in the output right away, so nothing that runs later (an atexit hook of
+    # the code under test, a process it left behind) can rewrite it; then exit before those hooks.
+    xml = b""
+    if request.get("junit") and os.path.exists(request["junit"]):
+        with open(request["junit"], "rb") as fh:
+            xml = fh.read()
+        os.unlink(request["junit"])
     sys.stdout.flush()
     sys.stderr.flush()
-    # Reached only when pytest returned: os._exit in code under test, a crash or a kill skip it.
-    sys.stdout.write("\nFORAGER-END %s %d\n" % (request.get("nonce", ""), int(rc)))
-    sys.stdout.flush()
-    return int(rc)
+    line = "\nFORAGER-END %s %d %s\n" % (request.get("nonce", ""), rc, base64.b64encode(xml).decode())
+    os.write(1, line.encode())
+    os._exit(rc)
 
 
 def _serve(request):

@@ -141,24 +141,21 @@ def grade_statuses(
 ) -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
     """(FULL | PARTIAL | NO, FAIL_TO_PASS success/failure, PASS_TO_PASS success/failure)."""
 
+    statuses = {test: s for test, s in statuses.items() if s != "MISSING"}
+
     def status(case: str) -> str | None:
         key = _resolve_case(case, statuses)
         return None if key is None else statuses[key]
 
+    # swebench's parsers only ever give PASSED, FAILED, ERROR, SKIPPED or XFAIL, and a test with no
+    # status fails; so does any other status here (MISSING, XPASS).
     f2p: dict[str, list[str]] = {"success": [], "failure": []}
     for case in fail_to_pass:
-        s = status(case)
-        if s in PASS_STATUSES:
-            f2p["success"].append(case)
-        elif s is None or s in ("FAILED", "ERROR", "SKIPPED"):
-            f2p["failure"].append(case)
+        f2p["success" if status(case) in PASS_STATUSES else "failure"].append(case)
     p2p: dict[str, list[str]] = {"success": [], "failure": []}
     for case in pass_to_pass:
         s = status(case)
-        if s in PASS_STATUSES or s == "SKIPPED":
-            p2p["success"].append(case)
-        elif s is None or s in ("FAILED", "ERROR"):
-            p2p["failure"].append(case)
+        p2p["success" if s in PASS_STATUSES or s == "SKIPPED" else "failure"].append(case)
 
     def rate(group: dict[str, list[str]]) -> float:
         total = len(group["success"]) + len(group["failure"])
@@ -298,7 +295,12 @@ def grade_patch(
                 if not applied:
                     who = "the agent's patch" if name == "agent" else "the task's test patch (a broken task)"
                     return result(patch_applied=False, error=f"{who} does not apply", log=log)
+        runtime.run_checked("git add -A")  # the tree as graded: what the test run may not change
         statuses, log, error, hardened = _run_tests(runtime, task)
+        touched = runtime.run("git diff --name-only", 60).output.split()
+        tampered = [p for p in touched if p in hidden or is_protected(p, config.protected_paths)]
+        if tampered and error is None:
+            statuses, error = {}, f"the test run rewrote protected files ({', '.join(tampered[:5])}): not trusted"
 
     report, f2p, p2p = grade_statuses(statuses, task.FAIL_TO_PASS, task.PASS_TO_PASS)
     resolved = report == "FULL" and bool(task.tests)

@@ -135,7 +135,8 @@ class ShellRuntime(ABC):
     def run_checked(self, command: str, timeout: float = 120.0) -> str:
         """Run an internal command in a subshell at the repository root; raise if it fails."""
         self._check_open()
-        return self.session.run_checked(f"(cd {q(self.workdir)} && {command})", timeout)
+        # The newline lets `command` end with a here-document.
+        return self.session.run_checked(f"(cd {q(self.workdir)} && {command}\n)", timeout)
 
     def read_file(self, path: str) -> str:
         """The file's text (bad bytes replaced). Raises FileNotFoundError or IsADirectoryError."""
