@@ -81,19 +81,16 @@ class Task(BaseModel):
         return list(dict.fromkeys([*self.FAIL_TO_PASS, *self.PASS_TO_PASS]))
 
 
-def load_tasks(path: str | Path) -> list[Task]:
-    """Read tasks from a JSONL file (one task per line) or a JSON list; errors name the line."""
-    text = Path(path).read_text()
-    if text.lstrip().startswith("["):
-        return [Task.model_validate(item) for item in json.loads(text)]
-    tasks = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                tasks.append(Task.model_validate_json(line))
-            except ValueError as err:
-                raise ValueError(f"{path}:{lineno}: not a valid task: {err}") from err
-    return tasks
+def load_tasks(
+    path: str | Path,
+    split: str = "test",
+    format: Literal["auto", "forager", "swebench", "swe-smith"] = "auto",
+    image: str | None = None,
+) -> list[Task]:
+    """Read tasks from a file, a dataset directory or a hub dataset: see `forager.tasks.store.load_tasks`."""
+    from forager.tasks import store  # imported here: store imports this module
+
+    return store.load_tasks(path, split=split, format=format, image=image)
 
 
 @dataclass

@@ -114,7 +114,10 @@ def _swebench_parser(task: Task) -> Callable[[str], dict[str, str]]:
 
 
 def _swebench_parser_name(task: Task) -> str:
-    """The parser swebench's specs name for the task's repository (pytest's when they name none)."""
+    """The parser the task's record named (swebench 5 rows carry it), else the one swebench's specs
+    name for the repository (swebench < 5), else pytest's."""
+    if task.metadata.get("log_parser"):
+        return str(task.metadata["log_parser"])
     try:
         from swebench.harness.constants import MAP_REPO_VERSION_TO_SPECS
 
@@ -122,6 +125,15 @@ def _swebench_parser_name(task: Task) -> str:
         return specs.get("log_parser") or "parse_log_pytest"
     except ImportError:
         return "parse_log_pytest"
+
+
+def as_swebench_sees_it(statuses: Mapping[str, str]) -> dict[str, str]:
+    """The status map swebench would read from the same pytest run's `-rA` log.
+
+    pytest reports a skipped test as `SKIPPED [1] path:line: reason`, without its node id, so
+    swebench's `parse_log_pytest` never sees it: a skipped test is absent, and absent tests fail.
+    """
+    return {test: s for test, s in statuses.items() if s != "SKIPPED"}
 
 
 # -- swebench's grading semantics ------------------------------------------------------------------
@@ -302,7 +314,8 @@ def grade_patch(
         if tampered and error is None:
             statuses, error = {}, f"the test run rewrote protected files ({', '.join(tampered[:5])}): not trusted"
 
-    report, f2p, p2p = grade_statuses(statuses, task.FAIL_TO_PASS, task.PASS_TO_PASS)
+    graded = as_swebench_sees_it(statuses) if hardened else statuses
+    report, f2p, p2p = grade_statuses(graded, task.FAIL_TO_PASS, task.PASS_TO_PASS)
     resolved = report == "FULL" and bool(task.tests)
     passed = len(f2p["success"]) + len(p2p["success"])
     if resolved:
