@@ -78,6 +78,189 @@ def tasks_sample(out: Path = typer.Option(Path("sample-tasks.jsonl"), help="Wher
     console.print(f"wrote {len(tasks)} tasks to {out}")
 
 
+def _progress() -> "Progress":
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[detail]}"), console=console)
+
+
+def _load(path: str, split: str = "test", fmt: str = "auto", image: Optional[str] = None):
+    from forager.core import load_tasks
+
+    try:
+        return load_tasks(path, split=split, format=fmt, image=image)  # type: ignore[arg-type]
+    except (ForagerError, ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+@tasks_app.command("mutate")
+def tasks_mutate(
+    image: str = typer.Option(..., help="Image holding the repository (a git work tree) at --workdir."),
+    out: Path = typer.Option(..., help="JSONL file to write the tasks to."),
+    max_tasks: int = typer.Option(50, "--max", help="Stop after this many valid tasks."),
+    workdir: str = typer.Option("/repo", help="Where the repository lives in the image."),
+    repo: Optional[str] = typer.Option(None, help="Repository name for the tasks (default: from the image name)."),
+    operators: Optional[str] = typer.Option(None, help="Comma-separated operators (default: all)."),
+    seed: int = typer.Option(0, help="Seed for the order candidates are tried in."),
+    workers: int = typer.Option(1, help="Containers validating in parallel."),
+    max_per_function: int = typer.Option(2, help="At most this many tasks per function."),
+    extra_pass_to_pass: int = typer.Option(0, help="Also keep this many non-covering passing tests as PASS_TO_PASS."),
+    drop_import_errors: bool = typer.Option(False, help="Drop bugs that stop the package from importing."),
+    test_command: str = typer.Option(None, help="pytest command (default: Forager's `python -m pytest -rA ...`)."),
+    test_timeout: float = typer.Option(120.0, help="Seconds per validation run."),
+) -> None:
+    """Generate validated mutate-fix tasks from an image: coverage, AST bugs, covering-test validation."""
+    import functools
+
+    from forager.core import DEFAULT_TEST_COMMAND
+    from forager.runtime.docker import DockerRuntime
+    from forager.tasks.mutate import OPERATORS
+    from forager.tasks.mutate_fix import MutateConfig, generate_mutate_fix_tasks
+    from forager.tasks.store import write_tasks
+
+    chosen = tuple(o.strip() for o in operators.split(",")) if operators else OPERATORS
+    config = MutateConfig(max_tasks=max_tasks, operators=chosen, seed=seed, workers=workers,
+                          max_per_function=max_per_function, extra_pass_to_pass=extra_pass_to_pass,
+                          drop_import_errors=drop_import_errors, test_timeout=test_timeout)
+    client = _docker()
+    try:
+        client.images.get(image)
+    except Exception:  # noqa: BLE001
+        _fail(f"no image {image!r} in the Docker engine; build it first (`forager images sample` for the sample)")
+    name = repo or image.split(":")[0].split("/")[-1]
+    with _progress() as progress:
+        bar = progress.add_task("coverage run", total=max_tasks, detail="")
+
+        def on_event(kind: str, report) -> None:
+            tried = sum(s.tried for s in report.stats.values())
+            progress.update(bar, description="validating", completed=len(report.tasks),
+                            detail=f"{tried}/{report.candidates} candidates tried")
+
+        try:
+            result = generate_mutate_fix_tasks(
+                functools.partial(DockerRuntime, image, workdir, client=client), image=image, repo=name, config=config,
+                test_command=test_command or DEFAULT_TEST_COMMAND, on_event=on_event,
+            )
+        except ForagerError as err:
+            _fail(str(err))
+    write_tasks(result.tasks, out)
+    _operator_table(result)
+    console.print(f"wrote [bold]{len(result.tasks)}[/] tasks to {out} ({result.tests_passing}/{result.tests_total} "
+                  f"tests pass at baseline; {result.target_functions} target functions; coverage "
+                  f"{result.coverage_s:.1f}s, validation {result.validation_s:.1f}s)")
+    for error in result.errors:
+        console.print(f"[yellow]a worker failed:[/] {error}")
+
+
+def _operator_table(result) -> None:
+    from rich.table import Table
+
+    table = Table("operator", "tried", "valid", "yield", "no F2P", "imp. err", "timeout")
+    for op, s in sorted(result.stats.items()):
+        table.add_row(op, str(s.tried), str(s.valid), f"{s.yield_:.0%}", str(s.no_failing_test),
+                      str(s.import_error), str(s.timed_out))
+    console.print(table)
+
+
+@tasks_app.command("validate")
+def tasks_validate(
+    tasks: str = typer.Option(..., help="Task file (JSONL/JSON/Parquet) or dataset."),
+    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
+    instance_id: Optional[list[str]] = typer.Option(None, help="Only these tasks (repeatable)."),
+    workers: int = typer.Option(2, help="Tasks graded in parallel."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per task."),
+) -> None:
+    """Check that each task's reference fix resolves it and the empty patch does not."""
+    import functools
+
+    from forager.envs.swe import open_runtime
+    from forager.tasks.validate import check_tasks
+
+    chosen = [t for t in _load(tasks) if not instance_id or t.instance_id in instance_id]
+    if not chosen:
+        _fail("no task matches")
+    with _progress() as progress:
+        bar = progress.add_task("validating", total=len(chosen), detail="")
+        bad = []
+
+        def done(check) -> None:
+            if not check.ok:
+                bad.append(check.task.instance_id)
+            progress.update(bar, advance=1, detail=f"{len(bad)} bad")
+
+        checks = check_tasks(chosen, functools.partial(open_runtime, kind=runtime.value), workers=workers, on_done=done)
+    for check in checks:
+        if as_json:
+            print(json.dumps({"instance_id": check.task.instance_id, "ok": check.ok, "problem": check.problem,
+                              "gold_resolved": bool(check.gold and check.gold.resolved),
+                              "empty_resolved": bool(check.empty and check.empty.resolved)}))
+        elif not check.ok:
+            console.print(f"[red]bad[/] {check.task.instance_id}: {check.problem}")
+    good = sum(c.ok for c in checks)
+    console.print(f"{good}/{len(checks)} tasks valid" + ("" if good == len(checks) else f"; {len(checks) - good} bad"))
+    if good != len(checks):
+        raise typer.Exit(1)
+
+
+@tasks_app.command("import")
+def tasks_import(
+    source: str = typer.Argument(..., help="A swebench/SWE-smith JSON, JSONL or Parquet file, a dataset directory, "
+                                           "or a Hugging Face dataset name (princeton-nlp/SWE-bench_Verified)."),
+    out: Path = typer.Option(..., help="Forager JSONL file to write."),
+    split: str = typer.Option("test", help="Dataset split."),
+    fmt: str = typer.Option("auto", "--format", help="auto, forager, swebench or swe-smith."),
+    image: Optional[str] = typer.Option(None, help="Use this image for every task."),
+) -> None:
+    """Import task instances as they are into Forager's JSONL format."""
+    from collections import Counter
+
+    from forager.tasks.store import write_tasks
+
+    loaded = _load(source, split, fmt, image)
+    write_tasks(loaded, out)
+    kinds = Counter(t.kind for t in loaded)
+    console.print(f"wrote {len(loaded)} tasks to {out} ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
+
+
+@app.command()
+def grade(
+    tasks: str = typer.Option(..., help="Task file or dataset."),
+    instance_id: str = typer.Option(..., help="Which task."),
+    patch: str = typer.Option(..., help="The diff to grade: a file, or - for stdin."),
+    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print the RewardResult as JSON."),
+    reward_unresolved: float = typer.Option(0.0, help="Reward when unresolved (CWM: -1)."),
+    partial_credit: bool = typer.Option(False, help="Reward the share of passing tests."),
+) -> None:
+    """Grade a patch against a task the way SWE-bench does, in a fresh runtime."""
+    import functools
+
+    from forager.envs.swe import open_runtime
+    from forager.rewards import RewardConfig, grade_patch
+
+    task = next((t for t in _load(tasks) if t.instance_id == instance_id), None)
+    if task is None:
+        _fail(f"no task {instance_id!r} in {tasks}")
+    diff = sys.stdin.read() if patch == "-" else Path(patch).read_text() if Path(patch).is_file() else None
+    if diff is None:
+        _fail(f"no patch file {patch!r} (use - to read the diff from stdin)")
+    result = grade_patch(task, diff, functools.partial(open_runtime, kind=runtime.value),
+                         RewardConfig(unresolved=reward_unresolved, partial_credit=partial_credit))
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    colour = "green" if result.resolved else "red"
+    console.print(f"[bold {colour}]{result.report}[/] reward={result.reward:g} resolved={result.resolved} "
+                  f"({result.duration_s:.1f}s)")
+    for test, status in result.tests_status.items():
+        console.print(f"  {status:8s} {test}")
+    if result.excluded_files:
+        console.print(f"[yellow]left out of the patch (protected):[/] {', '.join(result.excluded_files)}")
+    if result.error:
+        console.print(f"[red]{result.error}[/]")
+
+
 @app.command()
 def gc(all_: bool = typer.Option(False, "--all", help="Remove every Forager container and scratch directory.")) -> None:
     """Remove containers and scratch directories whose owning Forager process is gone."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import select
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +16,8 @@ import docker.errors
 from forager.core import ForagerError, RuntimeUnavailable
 from forager.runtime.base import ShellRuntime, owner_labels
 from forager.runtime.session import KILL_JOBS_SCRIPT
+
+log = logging.getLogger(__name__)
 
 
 class ContainerGone(ForagerError):
@@ -147,6 +152,12 @@ class ExecTransport:
             return None
         self._closed = True
         runtime = self._runtime
+        if getattr(runtime, "_closing", False) and not hard:
+            try:
+                self._sock.close()  # the container is removed next: nothing in it needs stopping first
+            except OSError:
+                pass
+            return None
         if not self._eof and runtime.container is not None and not runtime.closed and runtime.session.shell_pid:
             # A shell that ignored a timeout may have left a fork bomb behind: restarting the container
             # stops every process in it and keeps its files.
@@ -165,6 +176,46 @@ class ExecTransport:
                 return info.get("ExitCode")
             time.sleep(0.02)
         return None
+
+
+class _Reaper:
+    """Removes containers on background threads, so closing a runtime (say, after grading) does not
+    wait the few hundred milliseconds the engine takes; at interpreter exit every removal finishes."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, container: Any, wait: bool = False) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="forager-reaper")
+            try:
+                future = self._pool.submit(_force_remove, container)
+            except RuntimeError:  # the interpreter is shutting down: remove it here and now
+                _force_remove(container)
+                return
+        if wait:
+            future.result()
+
+    def drain(self) -> None:
+        """Wait for every pending removal."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+def _force_remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.DockerException as err:  # `forager gc` will find it by its labels
+        log.warning("could not remove container %s: %s", container.id[:12], err)
+
+
+reaper = _Reaper()
 
 
 class DockerRuntime(ShellRuntime):
@@ -244,14 +295,15 @@ class DockerRuntime(ShellRuntime):
         self._start_container(self.workdir)
         self.session.start()
 
-    def _remove_container(self) -> None:
+    def _remove_container(self, wait: bool = True) -> None:
         container, self.container = self.container, None
-        if container is None:
-            return
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+        if container is not None:
+            reaper.remove(container, wait=wait)
+
+    def close(self) -> None:
+        """Stop the shell and remove the container (in the background: `reaper.drain()` waits)."""
+        self._closing = True
+        super().close()
 
     def _release(self) -> None:
-        self._remove_container()
+        self._remove_container(wait=False)
