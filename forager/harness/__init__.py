@@ -183,19 +183,19 @@ class PytestHarness:
         """Run `tests` (node ids) once and read their statuses."""
         if self._fifo and not hardened:
             return self._run_served(tests, timeout)
-        # The grader's run uses a one-shot directory and runner: it deletes itself once it has read
-        # the request, and the report path is random.
-        work = self.runtime.run_checked("mktemp -d /tmp/forager-XXXXXXXX").strip()
+        # A one-shot directory with a random name and a runner that deletes itself once it has read
+        # the request; set up, run and cleaned up in one round trip.
+        work = f"/tmp/forager-{secrets.token_hex(8)}"
         script = f"{work}/runner.py"
-        self.runtime.write_file(script, RUNNER.read_text())
         nonce = secrets.token_hex(16)
         request = {"args": [*self.command.args, *tests], "junit": f"{work}/{secrets.token_hex(8)}.xml",
                    "nonce": nonce, "cwd": self.runtime.workdir, "self_destruct": True}
         obs = self.runtime.session.run(
-            self._request_command("run", request, script=script, isolated=hardened), timeout,
-            max_output_bytes=1 << 28, internal=True,
+            f"mkdir -m 700 {work} && {self.runtime.write_command(script, RUNNER.read_text())} && "
+            f"{self._request_command('run', request, script=script, isolated=hardened)}\n"
+            f"rc=$?; rm -rf {work}; (exit $rc)",
+            timeout, max_output_bytes=1 << 28, internal=True,
         )
-        self.runtime.run(f"rm -rf {q(work)}", 30)
         # The first marker with our nonce counts; anything printed after it is ignored.
         end = next((m for m in _END.finditer(obs.output) if m.group(1) == nonce), None)
         if end is None:
@@ -273,8 +273,8 @@ class PytestHarness:
         command = self._request_command("serve", {"fifo": fifo, "cwd": self.runtime.workdir}, log=log)
         self.runtime.session.run(f"(\n{command}\n) &", 30, internal=True)
         wait = self.runtime.session.run(
-            f"for i in $(seq 1 {int(timeout * 20)}); do grep -q FORAGER-SERVING {q(log)} 2>/dev/null && exit 0; "
-            f"sleep 0.05; done; cat {q(log)}; exit 1",
+            f"(for i in $(seq 1 {int(timeout * 20)}); do grep -q FORAGER-SERVING {q(log)} 2>/dev/null && exit 0; "
+            f"sleep 0.05; done; cat {q(log)}; exit 1)",
             timeout + 5, internal=True,
         )
         if not wait.ok:
@@ -294,7 +294,7 @@ class PytestHarness:
         request = {"args": [*self.command.args, *tests], "junit": junit, "log": log, "timeout": timeout}
         sep = f"@@FORAGER-{secrets.token_hex(6)}@@"
         obs = self.runtime.session.run(
-            f"kill -0 {self._server_pid} 2>/dev/null || exit 97; "
+            f"kill -0 {self._server_pid} 2>/dev/null && "
             f"printf '%s\\n' {q(json.dumps(request))} > {q(self._fifo or '')}.in && "
             f"IFS= read -r reply < {q(self._fifo or '')}.out && printf '%s\\n{sep}\\n' \"$reply\" && "
             f"cat {q(junit)} 2>/dev/null; printf '\\n{sep}\\n'; cat {q(log)}; rm -f {q(junit)} {q(log)}",

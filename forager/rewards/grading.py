@@ -261,19 +261,18 @@ def _unsafe(path: str) -> bool:
 # -- grading ------------------------------------------------------------------------------------------
 def prepare_for_grading(runtime: ShellRuntime, task: Task) -> None:
     """The task's starting tree (base commit plus any planted bug), staged, without rewriting history."""
-    runtime.run_checked(
-        f"git -c advice.detachedHead=false checkout -q -f {q(task.base_commit)} && git clean -q -fdx"
-    )
+    command = f"git -c advice.detachedHead=false checkout -q -f {q(task.base_commit)} && git clean -q -fd"
     if task.setup_patch:
-        runtime.write_file("/tmp/forager-setup.patch", task.setup_patch)
-        runtime.run_checked("git apply --index --whitespace=nowarn /tmp/forager-setup.patch")
+        command += (f" && {runtime.write_command('/tmp/forager-setup.patch', task.setup_patch)}"
+                    " && git apply --index --whitespace=nowarn /tmp/forager-setup.patch")
+    runtime.run_checked(command)
 
 
 def apply_patch(runtime: ShellRuntime, patch: str, name: str) -> tuple[bool, str]:
     """Apply with `git apply`, then `git apply --3way`, then `patch --fuzz`; (applied, log)."""
     path = f"/tmp/forager-{name}.patch"
-    runtime.write_file(path, patch if patch.endswith("\n") else patch + "\n")
     obs = runtime.run(
+        f"{runtime.write_command(path, patch if patch.endswith(chr(10)) else patch + chr(10))} && "
         f"cd {q(runtime.workdir)} && {{ git apply --whitespace=nowarn {path} || "
         f"git apply --whitespace=nowarn --3way {path} || patch -p1 --batch --fuzz=3 -i {path}; }} 2>&1",
         120,

@@ -152,9 +152,13 @@ class ShellRuntime(ABC):
         return obs.output
 
     def write_file(self, path: str, content: str) -> None:
+        self.run_checked(self.write_command(path, content))
+
+    def write_command(self, path: str, content: str) -> str:
+        """A shell command that writes `content` to `path` (to batch it with others in one round trip)."""
         path = self.abspath(path)
         data = ansi_c_quote(content.encode()).decode()
-        self.run_checked(f"mkdir -p -- \"$(dirname -- {q(path)})\" && printf '%s' {data} > {q(path)}")
+        return f"mkdir -p -- \"$(dirname -- {q(path)})\" && printf '%s' {data} > {q(path)}"
 
     def put_file(self, path: str, data: bytes, chunk: int = 1 << 16) -> None:
         """Write bytes (a wheel, a tool) at `path`, through the shell as base64 in chunks."""
