@@ -19,7 +19,7 @@ images_app = typer.Typer(help="Build executable repository images (no registry n
 tasks_app = typer.Typer(help="Work with task files.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
 app.add_typer(tasks_app, name="tasks")
-console = Console()
+console = Console(soft_wrap=True)  # messages are not cut into lines: logs stay greppable
 
 
 class RuntimeChoice(str, Enum):
@@ -201,6 +201,44 @@ def tasks_validate(
     console.print(f"{good}/{len(checks)} tasks valid" + ("" if good == len(checks) else f"; {len(checks) - good} bad"))
     if good != len(checks):
         raise typer.Exit(1)
+
+
+@tasks_app.command("mine")
+def tasks_mine(
+    repo: Path = typer.Argument(..., help="A local git repository whose history to mine."),
+    out: Path = typer.Option(..., help="JSONL file to write the tasks to."),
+    issues: Optional[Path] = typer.Option(None, help="Issue texts by commit: a JSON object {sha: text} or JSONL."),
+    max_tasks: Optional[int] = typer.Option(None, "--max", help="Stop after this many tasks."),
+    max_commits: Optional[int] = typer.Option(None, help="Look at this many commits, newest first."),
+    image: Optional[str] = typer.Option(None, help="Image the tasks run in (default: the local repository)."),
+    test_timeout: float = typer.Option(300.0, help="Seconds per test run."),
+) -> None:
+    """Mine issue-fix tasks from commits that change both tests and code."""
+    from collections import Counter
+
+    from forager.tasks.issue_fix import MineConfig, load_issue_texts, mine_repository
+    from forager.tasks.store import write_tasks
+
+    if not (repo / ".git").exists():
+        _fail(f"{repo} is not a git repository")
+    config = MineConfig(max_tasks=max_tasks, max_commits=max_commits, image=image, test_timeout=test_timeout,
+                        issues=load_issue_texts(issues) if issues else None)
+    outcomes: Counter[str] = Counter()
+    with _progress() as progress:
+        bar = progress.add_task("commits", total=max_commits, detail="")
+
+        def on_event(sha: str, outcome: str) -> None:
+            outcomes[outcome] += 1
+            progress.update(bar, advance=1, detail=f"{outcomes['task']} tasks")
+
+        try:
+            report = mine_repository(repo, config, on_event=on_event)
+        except ForagerError as err:
+            _fail(str(err))
+    write_tasks(report.tasks, out)
+    rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(report.rejected.items()))
+    console.print(f"wrote {len(report.tasks)} tasks to {out} from {report.commits_seen} commits"
+                  + (f" (rejected: {rejected})" if rejected else ""))
 
 
 @tasks_app.command("import")

@@ -6,10 +6,12 @@ As CWM did, and then some:
    pass execute it.
 2. Enumerate candidate bugs in the targets (`forager.tasks.mutate`), interleaved across operators
    and capped per function, so a small budget still covers many operators and functions.
-3. Validate each candidate by running only the tests that cover the mutated function (plus an
-   optional sample of the rest) through a pytest fork server. FAIL_TO_PASS are the covering tests
-   that now fail, PASS_TO_PASS those that still pass. A candidate with no FAIL_TO_PASS is dropped,
-   as are duplicates and, when asked, bugs that break the module's import.
+3. Validate each candidate through a pytest fork server, running only the tests that can notice it:
+   those that execute the changed lines (a test that never runs a line cannot see it change), or,
+   when the change reaches callers or the module (a signature, an import, a renamed variable), every
+   test that covers the function. FAIL_TO_PASS are the tests that now fail; PASS_TO_PASS the other
+   tests covering the function (plus an optional sample of the rest). A candidate with no
+   FAIL_TO_PASS is dropped, as are duplicates and, when asked, bugs that break the import.
 4. The problem statement says what a user would see (which tests fail and how), never the mutation.
 """
 
@@ -141,6 +143,13 @@ class _Candidate:
     path: str
     mutation: Mutation
     tests: list[str]
+    """What validation runs: the tests that can notice the change."""
+    covering: list[str]
+    """Every passing test that covers the function(s): the rest of them stay PASS_TO_PASS untouched."""
+
+
+# Changes that act beyond the lines they touch: on every caller, or at import time.
+_WHOLE_FUNCTION_OPERATORS = frozenset({"remove_parameter", "remove_import", "swap_variables"})
 
 
 def generate_mutate_fix_tasks(
@@ -182,7 +191,7 @@ def generate_mutate_fix_tasks(
             raise ForagerError(f"no test passes in the repository; pytest said:\n{baseline.log[-3000:]}")
         targets = _targets(runtime, coverage, passing)
         report.target_functions = sum(len(t.covering) for t in targets)
-        candidates = list(_candidates(targets, config, rng))
+        candidates = list(_candidates(targets, coverage, passing, config, rng))
         report.candidates = len(candidates)
         notify("coverage", report)
 
@@ -214,7 +223,7 @@ def generate_mutate_fix_tasks(
             while (candidate := next_candidate()) is not None:
                 extra = []
                 if config.extra_pass_to_pass:
-                    rest = [t for t in all_passing if t not in set(candidate.tests)]
+                    rest = [t for t in all_passing if t not in set(candidate.covering)]
                     extra = random.Random(f"{config.seed}:{candidate.mutation.source}").sample(
                         rest, min(config.extra_pass_to_pass, len(rest)))
                 outcome = _validate(runtime, harness, candidate, extra, config, measure_whole_suite, all_passing)
@@ -245,7 +254,7 @@ def generate_mutate_fix_tasks(
                     ctx = MutationContext(repo, failing, run.messages, candidate.mutation, candidate.path)
                     report.tasks.append(_task(
                         ctx, digest, image, base_commit, runtime.workdir, setup_patch, fix, test_command,
-                        [t for t in candidate.tests + extra if run.passed(t)], import_error, problem_statement,
+                        _pass_to_pass(candidate, extra, run), import_error, problem_statement,
                     ))
                     notify("valid", report)
 
@@ -292,7 +301,9 @@ def _targets(runtime: ShellRuntime, coverage: CoverageMap, passing: set[str]) ->
     return targets
 
 
-def _candidates(targets: list[_Target], config: MutateConfig, rng: random.Random) -> Iterator[_Candidate]:
+def _candidates(
+    targets: list[_Target], coverage: CoverageMap, passing: set[str], config: MutateConfig, rng: random.Random,
+) -> Iterator[_Candidate]:
     """Every candidate, shuffled within each operator and interleaved across operators."""
     by_operator: dict[str, list[_Candidate]] = defaultdict(list)
     for target in targets:
@@ -302,9 +313,15 @@ def _candidates(targets: list[_Target], config: MutateConfig, rng: random.Random
             continue
         for mutation in mutations:
             uses = mutation.uses or (mutation.function,)
-            tests = set().union(*(target.covering.get(f, set()) for f in uses))
-            if tests:
-                by_operator[mutation.operator].append(_Candidate(target.path, mutation, sorted(tests)))
+            covering = set().union(*(target.covering.get(f, set()) for f in uses))
+            if not covering:
+                continue
+            tests = covering
+            function = target.functions.get(mutation.function)
+            if (mutation.operator not in _WHOLE_FUNCTION_OPERATORS and function is not None
+                    and mutation.start_line >= function.body_lineno):
+                tests = coverage.tests_for(target.path, mutation.start_line, mutation.end_line) & passing or covering
+            by_operator[mutation.operator].append(_Candidate(target.path, mutation, sorted(tests), sorted(covering)))
     queues = []
     for operator in config.operators:
         pool = by_operator.get(operator, [])
@@ -317,6 +334,13 @@ def _candidates(targets: list[_Target], config: MutateConfig, rng: random.Random
                 queues.remove(queue)
             else:
                 yield candidate
+
+
+def _pass_to_pass(candidate: _Candidate, extra: list[str], run: TestRun) -> list[str]:
+    """Tests that ran and passed, and the covering tests that did not need to run (they cannot fail)."""
+    ran = set(candidate.tests) | set(extra)
+    unaffected = [t for t in candidate.covering if t not in ran]
+    return [t for t in candidate.tests if run.passed(t)] + unaffected + [t for t in extra if run.passed(t)]
 
 
 def _validate(
