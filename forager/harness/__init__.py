@@ -167,13 +167,19 @@ class PytestHarness:
         return self._dir
 
     def _request_command(
-        self, mode: str, request: dict, *, isolated: bool = False, log: str | None = None, script: str | None = None
+        self, mode: str, request: dict, *, isolated: bool = False, log: str | None = None, script: str | None = None,
+        pythonpath: str | None = None,
     ) -> str:
         script = script or f"{self._tools()}/runner.py"
         flags = "-I " if isolated else ""
         output = f"> {q(log)} 2>&1" if log else "2>&1"
+        extra = ""
+        if pythonpath:  # in front of the task's own PYTHONPATH (its command's, or the image's)
+            own = dict(self.command.env).get("PYTHONPATH")
+            extra = f"PYTHONPATH={q(f'{pythonpath}:{own}')} " if own else \
+                f"PYTHONPATH={q(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}} "
         return (
-            f"cd {q(self.runtime.workdir)} && {self.command.env_prefix()}PYTHONDONTWRITEBYTECODE=1 "
+            f"cd {q(self.runtime.workdir)} && {self.command.env_prefix()}{extra}PYTHONDONTWRITEBYTECODE=1 "
             f"{self.command.python} {flags}{script} {mode} {output} <<'FORAGER_REQUEST'\n"
             f"{json.dumps(request)}\nFORAGER_REQUEST"
         )
@@ -225,9 +231,7 @@ class PytestHarness:
         junit, log, out = f"{work}/report.xml", f"{work}/log", f"{work}/coverage.json"
         request = {"args": list(self.command.args), "junit": junit, "nonce": nonce,
                    "cwd": self.runtime.workdir, "coverage_out": out}
-        command = self._request_command("coverage", request, log=log)
-        if site:
-            command = command.replace(" && ", f" && PYTHONPATH={q(site)}${{PYTHONPATH:+:$PYTHONPATH}} ", 1)
+        command = self._request_command("coverage", request, log=log, pythonpath=site)
         obs = self.runtime.session.run(command, timeout, internal=True)
         text = self._read(log)
         end = [m for m in _END.finditer(text) if m.group(1) == nonce]
