@@ -143,3 +143,190 @@ class Runtime(Protocol):
     def __enter__(self) -> Runtime: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+# -- policies ------------------------------------------------------------------------------------
+Message = dict[str, Any]
+"""A chat message as the OpenAI API spells it: `role`, `content`, and for function calling
+`tool_calls` (assistant) or `tool_call_id` (role `tool`)."""
+
+
+class PolicyOutput(BaseModel):
+    """The next assistant message and exactly how it was sampled.
+
+    The trainer trains on `token_ids` as they were sampled (token-in, token-out), never on a chat
+    template rendered again later: a different tokenization of the same text is a different action.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    token_ids: list[int] | None = None
+    """The completion's token ids, as sampled (None when the backend cannot return them)."""
+    logprobs: list[float] | None = None
+    """The sampling log-probability of each token in `token_ids`."""
+    prompt_token_ids: list[int] | None = None
+    """The whole prompt as the model saw it (the chat template applied), when the backend knows it."""
+    finish_reason: str = "stop"
+    """`stop`, `length` (hit max_tokens) or `tool_calls`, as the OpenAI API reports it."""
+    policy_version: int = 0
+    """Which weights sampled this (bumped by every trainer update); staleness is measured with it."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """OpenAI function calls (`{"id", "type": "function", "function": {"name", "arguments"}}`)."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float = 0.0
+
+    @property
+    def trainable(self) -> bool:
+        """True when the exact sampled tokens and their logprobs are known."""
+        return (self.token_ids is not None and self.logprobs is not None
+                and len(self.token_ids) == len(self.logprobs))
+
+
+class PolicyError(ForagerError):
+    """The policy could not produce a message (server down after retries, a rejected request, ...)."""
+
+
+class ContextLengthExceeded(PolicyError):
+    """The conversation no longer fits the model's context window."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Given the conversation so far, the next assistant message with its tokens and logprobs.
+
+    `prefix_token_ids` are the exact tokens of the conversation up to and including the last
+    assistant message, as sampled; a token-exact policy extends them with the new messages instead
+    of rendering the whole conversation again. `task` lets scripted policies (reference, replay) know
+    what they are solving; a model never sees it.
+    """
+
+    name: str
+
+    def act(
+        self,
+        messages: list[Message],
+        *,
+        task: Task | None = None,
+        prefix_token_ids: list[int] | None = None,
+        max_tokens: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> PolicyOutput: ...
+
+
+# -- trajectories --------------------------------------------------------------------------------
+Termination = Literal["submitted", "out_of_turns", "out_of_context", "policy_error", "env_error", "crashed"]
+
+
+class TrajectoryMessage(BaseModel):
+    """One message of an episode, with the tokens the policy saw or sampled for it.
+
+    Assistant messages carry the sampled `token_ids`, their `logprobs`, the `policy_version` and
+    `loss_mask` 1. Every other message has `loss_mask` 0; the last message before an assistant turn
+    holds the prompt tokens added since the previous assistant turn (the chat template's framing of
+    all the messages in between and the generation prompt), so the concatenation of every message's
+    `token_ids` is exactly the token sequence the model processed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    loss_mask: int = 0
+    policy_version: int | None = None
+    finish_reason: str | None = None
+    tool_call: dict[str, Any] | None = None
+    """The parsed action of an assistant message: `{"name", "arguments"}`, or None when malformed."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """OpenAI function calls as the model returned them (function-calling format only)."""
+    tool_call_id: str | None = None
+    action_error: str | None = None
+    """Why an assistant message's action could not be carried out (its observation says the same)."""
+    retokenized: bool = False
+    """The prompt tokens the backend reported do not extend the previous turn's tokens: the backend
+    rendered the conversation again, so this turn's prefix is not what earlier turns sampled."""
+
+    def chat(self) -> Message:
+        """The message as the OpenAI chat API takes it."""
+        message: Message = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.tool_call_id:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class Trajectory(BaseModel):
+    """One episode: the messages and tokens, the reward, how it ended and what it cost.
+
+    One JSON object per line in a trajectory file (`to_json` / `from_json` round-trip).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    trajectory_id: str
+    """`{task_id}#{sample}`: unique per (task, sample) pair in a collection."""
+    task_id: str
+    sample: int = 0
+    repo: str = ""
+    kind: str = ""
+    policy: dict[str, Any] = Field(default_factory=dict)
+    """`name`, `model` and anything else that says what produced the actions."""
+    messages: list[TrajectoryMessage] = Field(default_factory=list)
+    termination: Termination = "crashed"
+    error: str | None = None
+    reward: float = 0.0
+    resolved: bool = False
+    reward_details: dict[str, Any] = Field(default_factory=dict)
+    diff: str = ""
+    num_turns: int = 0
+    prompt_tokens: int = 0
+    """Tokens in the last prompt (the context the episode ended with)."""
+    completion_tokens: int = 0
+    """Tokens sampled over the whole episode."""
+    timings: dict[str, float] = Field(default_factory=dict)
+    """Seconds spent: `reset`, `policy`, `env` (tool calls), `grade`, `total`."""
+    started_at: str = ""
+    finished_at: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def trainable(self) -> bool:
+        """Every assistant turn has its sampled tokens and logprobs, and no prefix was rendered again."""
+        turns = [m for m in self.messages if m.role == "assistant"]
+        return bool(turns) and all(
+            m.token_ids is not None and m.logprobs is not None and not m.retokenized for m in turns)
+
+    def actions(self) -> list[dict[str, Any]]:
+        """The parsed tool calls, in order (a malformed action is `{"name": "<malformed>", ...}`)."""
+        return [m.tool_call or {"name": "<malformed>", "arguments": {"text": m.content}}
+                for m in self.messages if m.role == "assistant"]
+
+    def token_sequence(self) -> tuple[list[int], list[int], list[float]]:
+        """(token ids, loss mask, logprobs) of the whole episode; logprob 0.0 where nothing was sampled.
+
+        Raises ValueError when a message's tokens are unknown (a text-only policy).
+        """
+        ids: list[int] = []
+        mask: list[int] = []
+        logprobs: list[float] = []
+        for message in self.messages:
+            if message.token_ids is None:
+                if message.role == "assistant":
+                    raise ValueError(f"{self.trajectory_id}: an assistant turn has no token ids (text-only policy)")
+                continue
+            ids += message.token_ids
+            mask += [message.loss_mask] * len(message.token_ids)
+            logprobs += message.logprobs if message.logprobs is not None else [0.0] * len(message.token_ids)
+        return ids, mask, logprobs
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, line: str) -> Trajectory:
+        return cls.model_validate_json(line)
