@@ -112,6 +112,8 @@ class SWEEnv(gym.Env[str, str]):
         self.turn = 0
         self.done = True
         self.last_result: RewardResult | None = None
+        self.context_tokens_left: int | None = None
+        """Set by an agent that tracks the context: the budget line of observations then shows it too."""
         self._last_obs = ""
 
     # -- gymnasium API ---------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class SWEEnv(gym.Env[str, str]):
             result = execute(self.runtime, call)
             output, submitted = result.output, result.submitted
             info["exit_code"] = result.exit_code
+            info["command_s"] = result.command_s
         except ActionError as err:
             output = f"Error: {err}"
             info["action_error"] = str(err)
@@ -169,7 +172,10 @@ class SWEEnv(gym.Env[str, str]):
             output += f"\n[graded: {result_.report}, reward {reward:g}]"
             self.done = True
         if not self.done:
-            output += f"\n[{turns_left} turn{'s' if turns_left != 1 else ''} left]"
+            budget = f"{turns_left} turn{'s' if turns_left != 1 else ''}"
+            if self.context_tokens_left is not None:
+                budget += f" and about {max(self.context_tokens_left, 0)} tokens of context"
+            output += f"\n[{budget} left]"
         info["turns_left"] = turns_left
         self._last_obs = output
         return output, reward, submitted, truncated, info

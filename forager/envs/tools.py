@@ -75,6 +75,8 @@ class ToolResult:
     output: str
     submitted: bool = False
     exit_code: int | None = None
+    command_s: float = 0.0
+    """Seconds the command itself ran (bash only), as the runtime measured it."""
 
 
 @dataclass
@@ -113,7 +115,7 @@ def run_bash(runtime: ShellRuntime, args: BashArgs) -> ToolResult:
     if obs.exit_code not in (0, None) and not obs.timed_out:
         parts.append(f"[exit code: {obs.exit_code}]")
     parts += [f"[{note}]" for note in obs.notes]
-    return ToolResult("\n".join(parts) or "[no output]", exit_code=obs.exit_code)
+    return ToolResult("\n".join(parts) or "[no output]", exit_code=obs.exit_code, command_s=obs.duration_s)
 
 
 def run_view(runtime: ShellRuntime, args: ViewArgs) -> ToolResult:

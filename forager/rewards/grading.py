@@ -72,6 +72,8 @@ class RewardResult:
     hardened: bool = True
     """False when the test command is not pytest and the log was read with a log parser."""
     duration_s: float = 0.0
+    tests_s: float = 0.0
+    """Of `duration_s`, the seconds the test run itself took (the rest is Forager's and Docker's)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -307,7 +309,9 @@ def grade_patch(
                     who = "the agent's patch" if name == "agent" else "the task's test patch (a broken task)"
                     return result(patch_applied=False, error=f"{who} does not apply", log=log)
         runtime.run_checked("git add -A")  # the tree as graded: what the test run may not change
+        tests_started = time.monotonic()
         statuses, log, error, hardened = _run_tests(runtime, task)
+        tests_s = time.monotonic() - tests_started
         touched = runtime.run("git diff --name-only", 60).output.split()
         tampered = [p for p in touched if p in hidden or is_protected(p, config.protected_paths)]
         if tampered and error is None:
@@ -326,7 +330,7 @@ def grade_patch(
     return result(
         reward=reward, resolved=resolved, report=report if task.tests else "NO",
         tests_status={t: statuses.get(t, "MISSING") for t in task.tests},
-        fail_to_pass=f2p, pass_to_pass=p2p, log=log, error=error, hardened=hardened,
+        fail_to_pass=f2p, pass_to_pass=p2p, log=log, error=error, hardened=hardened, tests_s=tests_s,
     )
 
 

@@ -1,0 +1,1 @@
+"""The ForagerAgent: the episode loop, prompts, collection, dedup and export of trajectories."""

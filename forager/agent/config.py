@@ -1,0 +1,110 @@
+"""The ForagerAgent's configuration: prompts, tool-call format and budgets."""
+
+from __future__ import annotations
+
+import string
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forager.core import ForagerError, Task
+
+PROMPT_FIELDS = ("workdir", "repo", "instance_id", "problem_statement", "hints_text", "max_turns",
+                 "max_context_tokens", "command_timeout", "tool_help")
+
+
+def _default_prompts() -> dict[str, str]:
+    text = resources.files("forager.agent").joinpath("prompts.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+_PROMPTS = _default_prompts()
+
+
+class AgentConfig(BaseModel):
+    """How the agent talks to the policy and how long an episode may run.
+
+    The defaults follow CWM's SWE environment where it makes sense on a laptop: one tool call per
+    turn in the `<tool: NAME>` tag format, the remaining budget at the end of every observation,
+    120 s per command. CWM's RL used 128 turns and a 131,072-token context.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str = _PROMPTS["system_prompt"]
+    """Template of the system message; fields: the names in PROMPT_FIELDS, e.g. `{workdir}`, `{tool_help}`."""
+    task_prompt: str = _PROMPTS["task_prompt"]
+    """Template of the first user message (same fields)."""
+    cwm_tool_help: str = _PROMPTS["cwm_tool_help"]
+    """The `{tool_help}` text in the `cwm` format."""
+    openai_tool_help: str = _PROMPTS["openai_tool_help"]
+    """The `{tool_help}` text in the `openai` format."""
+    tool_format: Literal["cwm", "openai"] = "cwm"
+    """`cwm`: the tool call is text in the reply (`<tool: NAME>` ... `</tool>`, JSON understood too);
+    `openai`: the server's function calling (`tools=` in the request, `tool_calls` in the reply)."""
+    max_turns: int = Field(64, ge=1)
+    """Tool calls before the episode is cut off (and graded as it stands)."""
+    max_context_tokens: int = Field(32_768, ge=256)
+    """Tokens of the whole conversation; the episode ends `out_of_context` before it would overflow."""
+    max_tokens_per_turn: int = Field(4096, ge=1)
+    """Most tokens sampled for one assistant message."""
+    command_timeout: float = Field(120.0, gt=0)
+    """Seconds a bash command may run before it is killed (its observation says so)."""
+    max_output_bytes: int = Field(20_000, ge=256)
+    """An observation longer than this is cut (head and tail kept)."""
+    budget_in_observation: bool = True
+    """End every observation with the turns and tokens left, as CWM does."""
+    grade_on_abort: bool = True
+    """Grade the diff as it stands when the episode ends out of context or on a policy error (an
+    environment error cannot be graded: its reward is the unresolved reward)."""
+    chars_per_token: float = Field(3.0, gt=0)
+    """Estimate of text length per token, used only when the policy reports no token counts."""
+
+    @model_validator(mode="after")
+    def _templates_are_valid(self) -> AgentConfig:
+        for name in ("system_prompt", "task_prompt"):
+            template = getattr(self, name)
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+            except ValueError as err:
+                raise ValueError(f"{name} is not a valid template ({err}); write literal braces as {{{{ and }}}}")
+            unknown = {f.split(".")[0].split("[")[0] for f in fields} - set(PROMPT_FIELDS)
+            if unknown:
+                raise ValueError(f"{name} uses unknown field(s) {sorted(unknown)}; known: {', '.join(PROMPT_FIELDS)}")
+        return self
+
+    def tool_help(self) -> str:
+        template = self.cwm_tool_help if self.tool_format == "cwm" else self.openai_tool_help
+        return template.format(command_timeout=self.command_timeout)
+
+    def render(self, template: str, task: Task, workdir: str) -> str:
+        values: dict[str, Any] = {
+            "workdir": workdir, "repo": task.repo, "instance_id": task.instance_id,
+            "problem_statement": task.problem_statement.strip(), "hints_text": task.hints_text,
+            "max_turns": self.max_turns, "max_context_tokens": self.max_context_tokens,
+            "command_timeout": self.command_timeout, "tool_help": self.tool_help(),
+        }
+        return template.format(**values)
+
+
+def load_agent_config(path: str | Path | None = None, **overrides: Any) -> AgentConfig:
+    """The defaults, updated by the `agent:` section of a YAML file (or the whole file), then `overrides`."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ForagerError(f"cannot read the agent config {path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ForagerError(f"{path}: expected a mapping (optionally under `agent:`), got {type(data).__name__}")
+        values = data.get("agent", data)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return AgentConfig(**values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in err.errors())
+        raise ForagerError(f"invalid agent config{f' in {path}' if path else ''}: {problems}") from err
