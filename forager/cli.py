@@ -311,58 +311,218 @@ def gc(all_: bool = typer.Option(False, "--all", help="Remove every Forager cont
                   f"director{'y' if len(report.directories) == 1 else 'ies'}; {report.kept} still owned by live processes")
 
 
-@app.command()
-def quickstart(
-    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto (Docker when it answers)."),
-    task: Optional[str] = typer.Option(None, help="Sample task id (default: the first)."),
-) -> None:
-    """Open forager/SWE-v0 on a planted bug in the sample repository, fix it with a scripted episode, print the reward."""
-    import gymnasium
-
-    import forager.envs  # noqa: F401 - registers the env
+def _sample_tasks(runtime: str) -> tuple[list, str]:
+    """The sample repository's mutate-fix tasks and the runtime to use (building the images if needed)."""
     from forager.images.sample import build_sample_image, sample_tasks
-    from forager.policies.reference import reference_actions
     from forager.runtime.docker import docker_available
 
-    kind = runtime.value
     image = None
-    if kind in ("auto", "docker"):
+    if runtime in ("auto", "docker"):
         if docker_available():
             with console.status("building the base and sample images (first run only)"):
                 try:
                     image = build_sample_image(_docker(), log=lambda m: console.print(f"[dim]{m}[/]"))
                 except ForagerError as err:
-                    if kind == "docker":
+                    if runtime == "docker":
                         _fail(str(err))
                     console.print(f"[yellow]could not build the sample image ({err}); using the local runtime[/]")
-            kind = "docker" if image else "local"
-        elif kind == "docker":
+            runtime = "docker" if image else "local"
+        elif runtime == "docker":
             _fail("no Docker engine answers; start Docker or use --runtime local")
         else:
             console.print("[yellow]no Docker engine answers: using the local runtime (no isolation)[/]")
-            kind = "local"
-    tasks = sample_tasks(image)
-    chosen = next((t for t in tasks if t.instance_id == task), None) if task else tasks[0]
-    if chosen is None:
-        _fail(f"no sample task {task!r}; choose from: {', '.join(t.instance_id for t in tasks)}")
+            runtime = "local"
+    return sample_tasks(image), runtime
 
-    env = gymnasium.make("forager/SWE-v0", task=chosen, runtime=kind)
+
+def _policy_spec(policy: Optional[str], model: Optional[str], base_url: Optional[str], api_key: Optional[str],
+                 temperature: Optional[float], replay: Optional[Path], options: list[str]):
+    """Which policy to run: as asked, or an OpenAI-compatible server when one is configured, else the reference."""
+    import os
+
+    from forager.agent.collect import PolicySpec
+
+    configured = base_url or os.environ.get("FORAGER_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    if policy is None:
+        policy = "replay" if replay else ("openai" if configured or model else "reference")
+        if policy == "reference":
+            console.print("[cyan]no model configured (--base-url/--model or FORAGER_BASE_URL): using the reference "
+                          "policy, which replays each task's known fix through the tools[/]")
+    values: dict = {}
+    for item in options:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            _fail(f"--policy-option takes KEY=VALUE, got {item!r}")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    if policy == "openai":
+        values.update({k: v for k, v in {"model": model, "base_url": base_url, "api_key": api_key,
+                                          "temperature": temperature}.items() if v is not None})
+    elif policy == "hf":
+        if model is None and "model" not in values:
+            _fail("the hf policy needs --model (a local path or a hub name)")
+        values.update({k: v for k, v in {"model": model, "temperature": temperature}.items() if v is not None})
+    elif policy == "replay":
+        if replay is None and "trajectories" not in values:
+            _fail("the replay policy needs --replay FILE_OR_DIR (recorded trajectories)")
+        if replay is not None:
+            values["trajectories"] = str(replay)
+    return PolicySpec(name=policy, options=values)
+
+
+def _run_collection(tasks: list, out: Path, policy_spec, agent, config, tasks_source: str, allow_mixed: bool):
+    """Collect with a live progress display; the first Ctrl-C finishes the running episodes, the second aborts."""
+    import signal
+    import threading
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from forager.agent.collect import collect
+
+    stop = threading.Event()
+    progress = Progress(TextColumn("episodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"), console=console)
+    bar = progress.add_task("episodes", total=1, detail="")
+
+    def on_start(stats) -> None:
+        progress.update(bar, total=max(stats.total - stats.already_done, 0))
+        if stats.already_done:
+            console.print(f"resuming: {stats.already_done} of {stats.total} episodes are already in {out}")
+
+    def on_episode(trajectory, stats) -> None:
+        progress.update(bar, advance=1, detail=(
+            f"resolved {stats.resolved_share:.0%} · {stats.mean_turns:.1f} turns · {stats.tokens_per_s:.0f} tok/s"
+            f" · last: {trajectory.task_id} {trajectory.termination}"))
+
+    def interrupt(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        console.print("[yellow]stopping: finishing the running episodes (Ctrl-C again to abort them)[/]")
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
-        obs, info = env.reset(seed=0)
-        console.print(Panel(obs, title=f"task {chosen.instance_id} on {info['runtime']} (reset {info['reset_s']:.2f}s)"))
-        reward, steps = 0.0, reference_actions(chosen)
-        for n, call in enumerate(steps, 1):
-            obs, reward, terminated, truncated, info = env.step(call)
-            args = json.dumps(call.arguments)
-            console.print(Panel(obs, title=f"step {n}: {call.name} {args[:100]}{'...' if len(args) > 100 else ''}"))
-            if terminated or truncated:
-                break
-        details = info.get("reward_details", {})
-        colour = "green" if info.get("resolved") else "red"
-        console.print(f"[bold {colour}]reward {reward:g}[/] resolved={info.get('resolved')} "
-                      f"tests={json.dumps(details.get('tests_status', {}))[:300]}")
+        with progress:
+            stats = collect(tasks, out, policy=policy_spec, agent=agent, config=config, tasks_source=tasks_source,
+                            allow_mixed=allow_mixed, on_start=on_start, on_episode=on_episode, stop=stop)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]aborted; finished trajectories are in {out} and the same command resumes[/]")
+        raise typer.Exit(130)
     finally:
-        env.close()
+        signal.signal(signal.SIGINT, previous)
+    _collection_summary(stats, out)
+    return stats
+
+
+def _collection_summary(stats, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="collection", show_header=False)
+    for key, value in [
+        ("episodes run", f"{stats.done} (+{stats.already_done} from before) of {stats.total}"),
+        ("resolved", f"{stats.resolved} ({stats.resolved_share:.0%})"),
+        ("terminations", ", ".join(f"{k} {v}" for k, v in stats.terminations.most_common()) or "-"),
+        ("mean turns", f"{stats.mean_turns:.1f}"),
+        ("tokens sampled", f"{stats.completion_tokens} ({stats.tokens_per_s:.0f}/s)"),
+        ("wall time", f"{stats.elapsed:.1f} s"),
+    ]:
+        table.add_row(key, value)
+    console.print(table)
+    for error in stats.errors[:5]:
+        console.print(f"[red]{error}[/]")
+    console.print(f"trajectories: [bold]{out / 'trajectories.jsonl'}[/]\n"
+                  f"browse them:  forager view {out}\n"
+                  f"SFT dataset:  forager export {out} --out {out / 'sft'}")
+
+
+@app.command()
+def collect(
+    tasks: Optional[str] = typer.Option(None, help="Tasks: JSONL/JSON/Parquet, a dataset dir or hub name (default: the sample repository's mutate-fix tasks)."),
+    out: Path = typer.Option(Path("trajectories"), help="Directory for trajectories.jsonl (the same command resumes)."),
+    policy: Optional[str] = typer.Option(None, help="reference, replay, openai, hf or module:Class (default: openai when a server is configured, else reference)."),
+    model: Optional[str] = typer.Option(None, help="Model name (openai) or path/hub name (hf); or FORAGER_MODEL."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1; or FORAGER_BASE_URL."),
+    api_key: Optional[str] = typer.Option(None, help="API key; or FORAGER_API_KEY / OPENAI_API_KEY."),
+    temperature: Optional[float] = typer.Option(None, help="Sampling temperature."),
+    replay: Optional[Path] = typer.Option(None, help="Trajectories to replay (the replay policy)."),
+    policy_option: list[str] = typer.Option([], "--policy-option", help="KEY=VALUE passed to the policy (JSON values allowed); repeatable."),
+    samples_per_task: int = typer.Option(1, "--samples-per-task", "-k", min=1, help="Episodes per task."),
+    workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes at once (one container each)."),
+    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
+    ray_address: Optional[str] = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
+    config: Optional[Path] = typer.Option(None, help="YAML agent config (prompts, tool format, budgets), optionally under `agent:`."),
+    max_turns: Optional[int] = typer.Option(None, help="Turn budget per episode (default 64)."),
+    max_context: Optional[int] = typer.Option(None, help="Token budget of the whole context (default 32768)."),
+    tool_format: Optional[str] = typer.Option(None, help="cwm (tags in the text, default) or openai (function calling)."),
+    reward_unresolved: float = typer.Option(0.0, help="Reward when not resolved (CWM used -1)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N tasks."),
+    split: str = typer.Option("test", help="Dataset split."),
+    fmt: str = typer.Option("auto", "--format", help="auto, forager, swebench or swe-smith."),
+    allow_mixed: bool = typer.Option(False, help="Allow a different policy/config in an existing --out."),
+) -> None:
+    """Run the ForagerAgent on tasks and save one trajectory per (task, sample), resumably."""
+    from forager.agent.collect import CollectConfig
+    from forager.agent.config import load_agent_config
+
+    if tasks is None:
+        task_list, kind = _sample_tasks(runtime.value)
+        source = "sample (embedded)"
+    else:
+        task_list, kind, source = _load(tasks, split, fmt), runtime.value, tasks
+    task_list = task_list[:limit] if limit else task_list
+    if not task_list:
+        _fail(f"no tasks in {source}")
+    spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
+    try:
+        agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
+        run_config = CollectConfig(samples_per_task=samples_per_task, workers=workers, runtime=kind,
+                                   ray_address=ray_address, reward={"unresolved": reward_unresolved})
+        console.print(f"collecting {len(task_list)} task(s) x {samples_per_task} sample(s) with the {spec.name} "
+                      f"policy, {workers} worker(s), {kind} runtime -> {out}")
+        _run_collection(task_list, out, spec, agent, run_config, source, allow_mixed)
+    except ForagerError as err:
+        _fail(str(err))
+
+
+@app.command()
+def quickstart(
+    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto (Docker when it answers)."),
+    out: Path = typer.Option(Path("forager-quickstart"), help="Where the trajectories go."),
+    samples_per_task: int = typer.Option(2, "--samples-per-task", "-k", min=1),
+    workers: int = typer.Option(2, "--workers", "-j", min=1),
+) -> None:
+    """Collect trajectories on the sample repository's mutate-fix tasks with the embedded defaults, and show them."""
+    from forager.agent.collect import CollectConfig
+    from forager.agent.config import AgentConfig
+
+    task_list, kind = _sample_tasks(runtime.value)
+    spec = _policy_spec(None, None, None, None, None, None, [])
+    console.print(f"collecting {len(task_list)} sample task(s) x {samples_per_task} with the {spec.name} policy "
+                  f"on the {kind} runtime -> {out}")
+    try:
+        _run_collection(task_list, out, spec, AgentConfig(), CollectConfig(samples_per_task=samples_per_task,
+                        workers=workers, runtime=kind), "sample (embedded)", allow_mixed=False)
+    except ForagerError as err:
+        _fail(str(err))
+    first = next(iter(_read_first(out)), None)
+    if first is not None:
+        console.print(Panel("\n\n".join(f"[bold]{m.role}[/]: {m.content[:400]}" for m in first.messages[1:5]),
+                            title=f"the start of {first.trajectory_id} (reward {first.reward:g}, {first.termination})"))
+    try:
+        from forager.agent.view import write_view
+
+        page = write_view([out], out / "index.html")
+        console.print(f"view them: [bold]file://{Path(page).resolve()}[/] (made by `forager view {out}`)")
+    except ImportError:
+        pass
+
+
+def _read_first(out: Path):
+    from forager.agent.store import read_trajectories
+
+    return read_trajectories([out], strict=False)
 
 
 def main() -> None:

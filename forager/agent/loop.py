@@ -61,6 +61,8 @@ class _Episode:
         """Exact tokens through the last assistant message; None once a turn's tokens are unknown."""
         self.context_tokens = 0
         self.estimated = False
+        self.chars_per_token = config.chars_per_token
+        """Calibrated on the policy's own token counts as soon as it reports them."""
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def add(self, role: str, content: str, **fields: Any) -> TrajectoryMessage:
@@ -72,7 +74,7 @@ class _Episode:
         return [m.chat() for m in self.trajectory.messages]
 
     def estimate(self, text: str) -> int:
-        return math.ceil(len(text) / self.config.chars_per_token)
+        return math.ceil(len(text) / self.chars_per_token)
 
     def record_output(self, out: PolicyOutput, action: ToolCall | None, error: str | None) -> TrajectoryMessage:
         """Attribute the prompt's new tokens to the last message, then append the assistant message."""
@@ -95,6 +97,9 @@ class _Episode:
             self.prefix_ids = None
         completion = len(out.token_ids) if out.token_ids is not None else out.completion_tokens
         prompt = len(out.prompt_token_ids) if out.prompt_token_ids is not None else out.prompt_tokens
+        if prompt:
+            chars = sum(len(m.content) for m in self.trajectory.messages[:-1])
+            self.chars_per_token = max(min(chars / prompt, self.config.chars_per_token), 0.5)
         if completion is None or prompt is None:
             self.estimated = True
             completion = completion if completion is not None else self.estimate(out.text)
@@ -142,6 +147,9 @@ def run_episode(
     started = time.monotonic()
     termination: Termination = "crashed"
     graded = False
+    # The episode's budgets are the agent's, whatever the env was made with.
+    env.max_turns, env.command_timeout, env.max_output_bytes = (
+        config.max_turns, config.command_timeout, config.max_output_bytes)
     try:
         reset_started = time.monotonic()
         try:
@@ -178,6 +186,9 @@ def run_episode(
             action, error, env_action = _parse(out, config.tool_format)
             episode.record_output(out, action, error)
             trajectory.num_turns += 1
+            if episode.context_tokens > config.max_context_tokens:  # the estimate was short; stop here
+                termination = "out_of_context"
+                break
 
             env.context_tokens_left = (config.max_context_tokens - episode.context_tokens
                                        if config.budget_in_observation else None)

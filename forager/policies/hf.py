@@ -1,0 +1,193 @@
+"""A policy over a local transformers causal LM, with the exact tokens it sampled and their logprobs.
+
+Logprobs: each entry of `PolicyOutput.logprobs` is `log_softmax(logits / temperature)[token]`, the
+log-probability of the sampled token under the model's distribution at temperature T, before top-k
+and top-p. Those two only choose which tokens may be drawn; leaving them out of the reported value
+keeps it equal to what the learner recomputes from a teacher-forced forward pass (it applies the
+temperature and nothing else), and with top_k=0, top_p=1 (the RL setting) it is exactly the
+distribution sampled from. With temperature 0 (greedy) the logprob is at temperature 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from forager.core import ContextLengthExceeded, Message, PolicyError, PolicyOutput, Task
+
+_MARK = "<forager:end-of-content>"
+
+
+class PrefixMismatchWarning(UserWarning):
+    """The chat template cannot extend `prefix_token_ids`: the whole conversation was rendered again."""
+
+
+class HFPolicy:
+    """Samples from a transformers causal LM with its KV cache, one request at a time (a lock guards it)."""
+
+    name = "hf"
+
+    def __init__(self, model: str | Path, *, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 max_tokens: int = 1024, seed: int | None = None, max_context: int | None = None,
+                 policy_version: int = 0, device: str | None = None, dtype: str | None = None,
+                 trust_remote_code: bool = False) -> None:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = str(model)
+        self.temperature, self.top_p, self.top_k, self.max_tokens = temperature, top_p, top_k, max_tokens
+        self.policy_version = policy_version
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=trust_remote_code)
+        if not self.tokenizer.chat_template:
+            raise PolicyError(f"{self.model} has no chat template: use an instruction-tuned model")
+        torch_dtype = getattr(torch, dtype) if dtype else (torch.float32 if self.device == "cpu" else torch.bfloat16)
+        # transformers renamed `torch_dtype` to `dtype` in 4.56.
+        dtype_kw = "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
+        self.lm = AutoModelForCausalLM.from_pretrained(
+            self.model, trust_remote_code=trust_remote_code, **{dtype_kw: torch_dtype}).to(self.device).eval()
+        config = self.lm.config
+        self.max_context = max_context or getattr(config, "max_position_embeddings", None) \
+            or self.tokenizer.model_max_length
+        self.stop_ids = _stop_ids(self.tokenizer, self.lm)
+        params = inspect.signature(self.lm.forward).parameters
+        # Keep only the last position's logits of the prompt: the whole (prompt, vocab) matrix is GBs.
+        self._last_logits = ({"logits_to_keep": 1} if "logits_to_keep" in params
+                             else {"num_logits_to_keep": 1} if "num_logits_to_keep" in params else {})
+        self._generator = torch.Generator(device=self.device)
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+        self._lock = threading.Lock()
+
+    def act(self, messages: list[Message], *, task: Task | None = None, prefix_token_ids: list[int] | None = None,
+            max_tokens: int | None = None, tools: list[dict[str, Any]] | None = None) -> PolicyOutput:
+        started = time.monotonic()
+        prompt = self.prompt_ids(messages, prefix_token_ids=prefix_token_ids, tools=tools)
+        room = self.max_context - len(prompt)
+        if room <= 0:
+            raise ContextLengthExceeded(
+                f"the prompt has {len(prompt)} tokens and the context window {self.max_context}: no room to reply")
+        budget = min(max_tokens or self.max_tokens, room)
+        with self._lock:
+            version = self.policy_version
+            token_ids, logprobs = self._sample(prompt, budget)
+        stopped = bool(token_ids) and token_ids[-1] in self.stop_ids
+        return PolicyOutput(
+            text=self.tokenizer.decode(token_ids, skip_special_tokens=True), token_ids=token_ids,
+            logprobs=logprobs, prompt_token_ids=prompt, finish_reason="stop" if stopped else "length",
+            policy_version=version, prompt_tokens=len(prompt), completion_tokens=len(token_ids),
+            latency_s=time.monotonic() - started)
+
+    def prompt_ids(self, messages: list[Message], *, prefix_token_ids: list[int] | None = None,
+                   tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The prompt's tokens: `prefix_token_ids` + the new messages' tokens, or the whole conversation's."""
+        if prefix_token_ids:
+            delta = self._delta_text(messages, prefix_token_ids, tools)
+            if delta is not None:
+                return list(prefix_token_ids) + self._encode(delta)
+        return self._encode(self._render(messages, tools, generation_prompt=True))
+
+    def update_weights(self, state_dict: dict[str, Any], policy_version: int) -> None:
+        """Load new weights (from the learner) between two generations, and the version that names them."""
+        with self._lock:
+            self.lm.load_state_dict(state_dict)
+            self.policy_version = policy_version
+
+    # -- rendering -----------------------------------------------------------------------------
+    def _render(self, messages: list[Message], tools: list[dict[str, Any]] | None, generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                  add_generation_prompt=generation_prompt)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _delta_text(self, messages: list[Message], prefix_token_ids: list[int],
+                    tools: list[dict[str, Any]] | None) -> str | None:
+        """The text the template adds after the sampled tokens of the last assistant message, or None."""
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+        if last is None:
+            return _mismatch("prefix_token_ids were given but the conversation has no assistant message")
+        head = self._render(messages[: last + 1], tools, generation_prompt=False)
+        whole = self._render(messages, tools, generation_prompt=True)
+        # What the template writes after the assistant's content (ChatML: "<|im_end|>\n"), found with a
+        # marker, since the content may be empty or appear earlier in the conversation.
+        marked_message = {**messages[last], "content": (messages[last].get("content") or "") + _MARK}
+        marked = self._render([*messages[:last], marked_message], tools, generation_prompt=False)
+        closing = marked[marked.rfind(_MARK) + len(_MARK):] if _MARK in marked else None
+        if closing is None or not head.endswith(closing) or not whole.startswith(head):
+            return _mismatch("the chat template does not render the conversation as an extension of its history")
+        # The sampled tokens end with the stop token, which is where the closing text starts; the rest
+        # (the newline after <|im_end|> in ChatML) is the prompt's. After a `length` finish the whole
+        # closing text is.
+        tail = self.tokenizer.decode(prefix_token_ids[-1:])
+        consumed = tail if prefix_token_ids[-1] in self.stop_ids and closing.startswith(tail) else ""
+        return closing[len(consumed):] + whole[len(head):]
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _sample(self, prompt: list[int], budget: int) -> tuple[list[int], list[float]]:
+        import torch
+
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        input_ids = torch.tensor([prompt], device=self.device)  # (1, T) first, then (1, 1) per step
+        past = None
+        with torch.inference_mode():
+            for step in range(budget):
+                extra = self._last_logits if step == 0 else {}
+                out = self.lm(input_ids=input_ids, past_key_values=past, use_cache=True, **extra)
+                past = out.past_key_values
+                token, logprob = self._pick(out.logits[0, -1].float())  # logits: (1, T or 1, vocab)
+                token_ids.append(token)
+                logprobs.append(logprob)
+                if token in self.stop_ids:
+                    break
+                input_ids = torch.tensor([[token]], device=self.device)
+        return token_ids, logprobs
+
+    def _pick(self, logits: Any) -> tuple[int, float]:
+        """One token drawn from `logits` (vocab,) and its logprob at the temperature (see the module docstring)."""
+        import torch
+
+        if self.temperature <= 0:
+            token = int(torch.argmax(logits))
+            return token, float(torch.log_softmax(logits, dim=-1)[token])
+        scaled = logits / self.temperature
+        logp = torch.log_softmax(scaled, dim=-1)
+        allowed = scaled
+        if 0 < self.top_k < allowed.numel():
+            kth = torch.topk(allowed, self.top_k).values[-1]
+            allowed = allowed.masked_fill(allowed < kth, float("-inf"))
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(allowed, descending=True)
+            probs = torch.softmax(ordered, dim=-1)
+            drop = (probs.cumsum(-1) - probs) >= self.top_p  # the mass before a token already reaches top_p
+            allowed = allowed.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        token = int(torch.multinomial(torch.softmax(allowed, dim=-1), 1, generator=self._generator))
+        return token, float(logp[token])
+
+
+def _mismatch(why: str) -> None:
+    warnings.warn(f"{why}; rendering the whole conversation again (this turn's prefix is re-tokenized)",
+                  PrefixMismatchWarning, stacklevel=4)
+    return None
+
+
+def _stop_ids(tokenizer: Any, lm: Any) -> set[int]:
+    """The tokenizer's eos and every eos id the model's configs name (chat models often have two)."""
+    ids = {tokenizer.eos_token_id}
+    for config in (lm.config, getattr(lm, "generation_config", None)):
+        eos = getattr(config, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
+    return {i for i in ids if i is not None}
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
