@@ -134,3 +134,19 @@ def test_collect_cli_errors_are_readable(tmp_path):
     bad_policy = subprocess.run([sys.executable, "-m", "forager", "collect", "--policy", "gpt5", "--out",
                                  str(tmp_path / "o"), "--limit", "1"], capture_output=True, text=True, timeout=120)
     assert bad_policy.returncode == 1 and "unknown policy 'gpt5'" in bad_policy.stdout
+
+
+def test_collect_on_a_local_ray_cluster(tmp_path):
+    pytest.importorskip("ray", reason="Ray is part of the dev and train extras: pip install -e '.[dev]'")
+    tasks = sample_tasks()[:2]
+    stats = collect(tasks, tmp_path, config=CollectConfig(samples_per_task=2, workers=2, runtime="docker",
+                                                          ray_address="local"))
+    assert stats.done == 4 and stats.resolved == 4
+    trajectories = list(read_trajectories([tmp_path]))
+    assert sorted((t.task_id, t.sample) for t in trajectories) == sorted(
+        (t.instance_id, k) for t in tasks for k in range(2))
+    # Resuming through Ray runs nothing twice either.
+    again = collect(tasks, tmp_path, config=CollectConfig(samples_per_task=3, workers=2, runtime="docker",
+                                                          ray_address="local"))
+    assert again.already_done == 4 and again.done == 2
+    assert len(list(read_trajectories([tmp_path]))) == 6

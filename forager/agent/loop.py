@@ -45,6 +45,15 @@ def make_env(config: AgentConfig, runtime: str = "auto", reward: dict[str, Any] 
                   max_output_bytes=config.max_output_bytes, reward=reward, docker_limits=docker_limits)
 
 
+def _describe(policy: Policy) -> dict[str, Any]:
+    """What produced the actions: the policy's own description, or its name and model."""
+    describe = getattr(policy, "describe", None)
+    if callable(describe):
+        return dict(describe())
+    model = getattr(policy, "model", None)
+    return {"name": getattr(policy, "name", type(policy).__name__), **({"model": model} if isinstance(model, str) else {})}
+
+
 class _Episode:
     """The state of one episode: the messages, the exact tokens so far, the clock."""
 
@@ -53,8 +62,7 @@ class _Episode:
         self.trajectory = Trajectory(
             trajectory_id=f"{task.instance_id}#{sample}", task_id=task.instance_id, sample=sample, repo=task.repo,
             kind=task.kind, started_at=_now(),
-            policy={"name": getattr(policy, "name", type(policy).__name__),
-                    **({"model": policy.model} if isinstance(getattr(policy, "model", None), str) else {})},
+            policy=_describe(policy),
         )
         self.timings = {"reset": 0.0, "policy": 0.0, "env": 0.0, "commands": 0.0, "grade": 0.0, "tests": 0.0}
         self.prefix_ids: list[int] | None = []

@@ -1,0 +1,74 @@
+"""Collection on a Ray cluster: rollout workers are actors, the driver writes the trajectories.
+
+Each actor builds its own policy from the PolicySpec (a policy holds connections or a model, which
+do not travel) and its own environment, and runs one episode per call. Trajectories come back to
+the driver as JSON and are appended there, so resumability and atomic appends are the same as on
+one machine. Containers start wherever the actor runs: every node needs Docker and the images.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from forager.agent.config import AgentConfig
+from forager.core import ForagerError, Task, Trajectory
+
+
+class RolloutWorker:
+    """One environment and one policy on some node of the cluster."""
+
+    def __init__(self, policy_spec: dict, agent: dict, config: dict) -> None:
+        from forager.agent.collect import CollectConfig, PolicySpec
+        from forager.agent.loop import make_env
+
+        self.policy = PolicySpec.model_validate(policy_spec).build()
+        self.agent = AgentConfig.model_validate(agent)
+        collect_config = CollectConfig.model_validate(config)
+        self.env = make_env(self.agent, collect_config.runtime, collect_config.reward or None,
+                            collect_config.docker_limits or None)
+
+    def run(self, task: dict, sample: int) -> str:
+        from forager.agent.loop import run_episode
+
+        return run_episode(self.env, self.policy, Task.model_validate(task), self.agent, sample=sample).to_json()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def run_on_ray(pending: list[tuple[Task, int]], policy_spec, agent: AgentConfig, config,
+               finished: Callable[[Trajectory], None], stop: threading.Event) -> None:
+    try:
+        import ray
+    except ImportError as err:
+        raise ForagerError("--ray-address needs Ray: pip install 'forager[train]' (or 'ray[default]')") from err
+    if not pending:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = None if config.ray_address == "local" else config.ray_address
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+    try:
+        actor = ray.remote(num_cpus=0.1)(RolloutWorker)
+        workers = [actor.remote(policy_spec.model_dump(), agent.model_dump(), config.model_dump())
+                   for _ in range(min(config.workers, len(pending)))]
+        queue = list(reversed(pending))
+        running = {}  # future -> worker
+        for worker in workers:
+            task, sample = queue.pop()
+            running[worker.run.remote(task.model_dump(), sample)] = worker
+        while running:
+            (ready,), _ = ray.wait(list(running), num_returns=1)
+            worker = running.pop(ready)
+            finished(Trajectory.from_json(ray.get(ready)))
+            if queue and not stop.is_set():  # on stop: no new episodes, the running ones finish
+                task, sample = queue.pop()
+                running[worker.run.remote(task.model_dump(), sample)] = worker
+        ray.get([w.close.remote() for w in workers])
+        for worker in workers:
+            ray.kill(worker)
+    finally:
+        if started_here:
+            ray.shutdown()
