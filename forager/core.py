@@ -309,12 +309,15 @@ class Trajectory(BaseModel):
     def token_sequence(self) -> tuple[list[int], list[int], list[float]]:
         """(token ids, loss mask, logprobs) of the whole episode; logprob 0.0 where nothing was sampled.
 
-        Raises ValueError when a message's tokens are unknown (a text-only policy).
+        Raises ValueError when a message's tokens are unknown (a text-only policy) or when a turn's
+        prompt was rendered again by the backend (`retokenized`): then no single sequence is exact.
         """
         ids: list[int] = []
         mask: list[int] = []
         logprobs: list[float] = []
         for message in self.messages:
+            if message.retokenized:
+                raise ValueError(f"{self.trajectory_id}: a turn's prompt was rendered again by the backend")
             if message.token_ids is None:
                 if message.role == "assistant":
                     raise ValueError(f"{self.trajectory_id}: an assistant turn has no token ids (text-only policy)")

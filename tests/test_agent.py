@@ -228,3 +228,30 @@ def test_trajectory_files_survive_a_torn_last_line(tmp_path, tasks):
     (tmp_path / "trajectories.jsonl").write_text('{"not": "a trajectory"}\n')
     with pytest.raises(ForagerError, match=r"trajectories.jsonl:1: not a trajectory"):
         list(read_trajectories([tmp_path]))
+
+
+def test_a_tiny_local_transformers_model_drives_an_episode(tasks, env):
+    pytest.importorskip("torch", reason="the hf policy needs torch and transformers (the dev extra installs them)")
+    from forager.policies.hf import HFPolicy
+    from forager.testing.tiny_model import build_tiny_model
+
+    policy = HFPolicy(build_tiny_model(), temperature=1.0, seed=0, max_tokens=48)
+    trajectory = run_episode(env, policy, tasks[0], AgentConfig(max_turns=3, max_tokens_per_turn=48,
+                                                                max_context_tokens=4096))
+    # Random weights say nothing useful: each turn is malformed or a harmless command, then the budget ends.
+    assert trajectory.termination in ("out_of_turns", "submitted"), trajectory.error
+    assert 1 <= trajectory.num_turns <= 3 and trajectory.trainable
+    assert trajectory.policy["name"] == "hf"
+    ids, mask, logprobs = trajectory.token_sequence()
+    tokenizer = policy.tokenizer
+    # The exact tokens: every assistant turn decodes to its text, and the whole sequence is the prompt
+    # the model saw at its last turn followed by what it sampled.
+    assistant = [m for m in trajectory.messages if m.role == "assistant"]
+    for message in assistant:
+        assert tokenizer.decode(message.token_ids, skip_special_tokens=True) == message.content
+        assert len(message.logprobs) == len(message.token_ids) and all(lp <= 0 for lp in message.logprobs)
+    assert sum(mask) == sum(len(m.token_ids) for m in assistant)
+    rendered = tokenizer.apply_chat_template([m.chat() for m in trajectory.messages[:2]],
+                                             add_generation_prompt=True, tokenize=False)
+    first_prompt = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert ids[: len(first_prompt)] == first_prompt

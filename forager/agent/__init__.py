@@ -1,1 +1,16 @@
-"""The ForagerAgent: the episode loop, prompts, collection, dedup and export of trajectories."""
+"""The ForagerAgent: the episode loop, prompts, collection, dedup, export and viewing of trajectories.
+
+    from forager.agent import AgentConfig, make_env, run_episode
+    from forager.policies import make_policy
+
+    env = make_env(AgentConfig())
+    trajectory = run_episode(env, make_policy("openai", base_url=..., model=...), task)
+"""
+
+from forager.agent.collect import CollectConfig, CollectStats, PolicySpec, collect
+from forager.agent.config import AgentConfig, load_agent_config
+from forager.agent.loop import make_env, run_episode
+from forager.agent.store import TrajectoryWriter, read_trajectories
+
+__all__ = ["AgentConfig", "CollectConfig", "CollectStats", "PolicySpec", "TrajectoryWriter", "collect",
+           "load_agent_config", "make_env", "read_trajectories", "run_episode"]

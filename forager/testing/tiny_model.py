@@ -7,8 +7,8 @@ randomly initialised two-layer Qwen2 model. The directory loads with `AutoTokeni
 is cached under `$FORAGER_HOME/models/tiny-<hash of the recipe>`.
 
 The weights are random, with one deliberate exception: a constant channel in the residual stream
-gives `<|im_end|>` a fixed logit bonus (turns end on their own after ~30 tokens, as a chat model's
-do) and `<|im_start|>` / `<|endoftext|>` a large malus (they are never sampled mid-turn).
+gives `<|im_end|>` a fixed logit bonus (at temperature 1 a turn ends on its own after a few dozen
+tokens, as a chat model's does) and `<|im_start|>` / `<|endoftext|>` a large malus (never sampled).
 """
 
 from __future__ import annotations
@@ -70,13 +70,15 @@ CORPUS = [
     "sed -n 1,40p src/math_utils.py\nwc -l README.md\necho done\nexport PATH=$HOME/bin:$PATH\n",
     # tool tags, as the agent prompt writes them
     "Let me run the failing tests.\n<tool: bash>\npython -m pytest -q 2>&1 | tail -n 15\n</tool>\n",
-    "Let me look at the code involved.\n<tool: view>\n{\"path\": \"src/math_utils.py\", \"view_range\": [1, 20]}\n</tool>\n",
+    "Let me look at the code involved.\n<tool: view>\n"
+    "{\"path\": \"src/math_utils.py\", \"view_range\": [1, 20]}\n</tool>\n",
     "This is the bug; here is the fix.\n<tool: str_replace>\n"
     "{\"path\": \"src/math_utils.py\", \"old_str\": \"return a - b\", \"new_str\": \"return a + b\"}\n</tool>\n",
     "<tool: create>\n{\"path\": \"notes.txt\", \"file_text\": \"hello\"}\n</tool>\n",
     "<tool: insert>\n{\"path\": \"a.py\", \"insert_line\": 3, \"insert_text\": \"pass\"}\n</tool>\n",
     "The tests pass now; submitting.\n<tool: submit>\n</tool>\n",
-    # prose
+    # prose, and the ChatML roles
+    "system\nuser\nassistant\ntool\n",
     "You are a software engineer. Fix the bug in the repository so that the failing tests pass.\n"
     "Use one tool per reply. The command exited with code 1. Remaining budget: 12 turns.\n",
 ]
@@ -86,9 +88,9 @@ def recipe_hash() -> str:
     """What the built directory depends on: a different recipe (or transformers release) is another model."""
     import transformers  # its file layout changes between releases (chat_template.jinja, tokenizer class)
 
-    recipe = {"version": RECIPE_VERSION, "transformers": transformers.__version__, "seed": SEED, "vocab": VOCAB_SIZE, "special": SPECIAL_TOKENS,
-              "template": CHAT_TEMPLATE, "config": MODEL_CONFIG, "bias": [BIAS_CHANNEL, END_OF_TURN_LOGIT,
-              SPECIAL_TOKEN_LOGIT], "corpus": CORPUS}
+    recipe = {"version": RECIPE_VERSION, "transformers": transformers.__version__, "seed": SEED,
+              "vocab": VOCAB_SIZE, "special": SPECIAL_TOKENS, "template": CHAT_TEMPLATE, "config": MODEL_CONFIG,
+              "bias": [BIAS_CHANNEL, END_OF_TURN_LOGIT, SPECIAL_TOKEN_LOGIT], "corpus": CORPUS}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
