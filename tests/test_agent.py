@@ -8,6 +8,7 @@ policies, and prompts from configuration.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -202,6 +203,8 @@ def test_prompts_come_from_configuration(tasks, env, tmp_path):
     trajectory = run_episode(env, ReferencePolicy(), tasks[0], config)
     assert trajectory.messages[0].content.startswith("SYSTEM for forager/semverkit in /repo. Reply with")
     assert trajectory.messages[1].content.startswith(f"TASK {tasks[0].instance_id}: ")
+    shipped = load_agent_config(Path(__file__).parents[1] / "configs" / "agent-cwm.yaml")
+    assert (shipped.max_turns, shipped.max_context_tokens) == (128, 131072)
     config_file.write_text("agent:\n  task_prompt: 'fix {issue}'\n")
     with pytest.raises(ForagerError, match=r"unknown field\(s\) \['issue'\]"):
         load_agent_config(config_file)

@@ -244,7 +244,7 @@ def run_episode(
         try:
             trajectory.diff = env.diff() if env.runtime is not None else ""
         except Exception:  # noqa: BLE001 - a dead runtime has no diff to show
-            trajectory.diff = trajectory.reward_details.get("diff", "")
+            trajectory.diff = ""
         trajectory.timings = {**episode.timings, "total": time.monotonic() - started}
         trajectory.finished_at = _now()
         trajectory.metadata["token_counts_estimated"] = episode.estimated
