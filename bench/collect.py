@@ -44,15 +44,16 @@ def sample_mutate_fix_tasks(count: int, seed: int = 0) -> list:
     return report.tasks
 
 
-def run(tasks: list, workers: int, policy: PolicySpec) -> dict:
+def run(tasks: list, workers: int, policy: PolicySpec, warm_pool: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="forager-bench-collect-") as out:
         started = time.monotonic()
-        stats = collect(tasks, out, policy=policy, config=CollectConfig(workers=workers, runtime="docker"))
+        stats = collect(tasks, out, policy=policy, config=CollectConfig(workers=workers, runtime="docker",
+                                                                             warm_pool=warm_pool))
         wall = time.monotonic() - started
     t = stats.time_in
     outside = t["policy"] + t["commands"] + t["tests"]
     return {
-        "workers": workers, "episodes": stats.done, "resolved": stats.resolved, "wall_s": round(wall, 2),
+        "workers": workers, "warm_pool": warm_pool, "episodes": stats.done, "resolved": stats.resolved, "wall_s": round(wall, 2),
         "episodes_per_minute": round(60 * stats.done / wall, 1),
         "env_steps_per_s": round(stats.turns / wall, 2),
         "episode_s_mean": round(t["total"] / max(stats.done, 1), 2),
@@ -67,6 +68,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--policy", choices=["reference", "openai"], default="reference")
+    parser.add_argument("--warm-pool", type=int, nargs="+", default=[0, 2],
+                        help="containers kept warm per image (0: none); every worker count runs with each")
     args = parser.parse_args()
 
     tasks = sample_mutate_fix_tasks(args.tasks)
@@ -81,10 +84,10 @@ def main() -> None:
         policy = PolicySpec(name="reference")
     results = []
     try:
-        for workers in args.workers:
-            result = run(tasks, workers, policy)
+        for workers, warm in [(w, p) for w in args.workers for p in args.warm_pool]:
+            result = run(tasks, workers, policy, warm)
             results.append(result)
-            print(f"{workers:3d} workers: {result['episodes']} episodes in {result['wall_s']:.1f}s = "
+            print(f"{workers:3d} workers, warm pool {warm}: {result['episodes']} episodes in {result['wall_s']:.1f}s = "
                   f"{result['episodes_per_minute']:.1f}/min, {result['env_steps_per_s']:.2f} steps/s, "
                   f"{result['forager_share']:.0%} of episode time in Forager "
                   f"({result['resolved']} resolved; {result['terminations']})", flush=True)

@@ -68,6 +68,100 @@ def images_sample(from_registry: bool = typer.Option(False, help="Base it on pyt
     console.print(f"sample image: [bold]{tag}[/] (also forager/sample:latest)")
 
 
+@images_app.command("build")
+def images_build(
+    sources: list[str] = typer.Argument(..., help="NAME==VERSION (PyPI sdist), a git URL[@COMMIT], or a directory."),
+    recipe: Optional[str] = typer.Option(None, help="Recipe file or name in images/recipes (default: NAME.yaml)."),
+    jobs: int = typer.Option(2, "--jobs", "-j", help="Builds at a time."),
+    base: str = typer.Option("forager/base:latest", help="Base image (built by `forager images bootstrap`)."),
+    min_pass_share: float = typer.Option(0.8, help="Share of the tests that ran that must pass."),
+    test_timeout: float = typer.Option(900.0, help="Seconds the whole suite may take when verifying."),
+    online: bool = typer.Option(False, help="Install from the package index inside the image, not the wheelhouse."),
+    force: bool = typer.Option(False, help="Rebuild and verify again even when the tags exist."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per source."),
+) -> None:
+    """Build executable images of Python projects: fetch, detect, wheelhouse, env and repo layers, verify."""
+    from forager.images.build import BuildOptions, build_images
+    from forager.images.progress import BuildProgress
+
+    options = BuildOptions(recipe=recipe, base=base, online=online, min_pass_share=min_pass_share,
+                           test_timeout=test_timeout, force=force)
+    _docker().close()
+    with BuildProgress(sources, console=console) as progress:
+        results = build_images(sources, options, jobs=jobs, on_stage=progress.update)
+    for r in results:
+        e = r.entry
+        if as_json:
+            print(json.dumps({"source": r.source, "tag": r.tag, "ok": r.ok, "cached": r.cached,
+                              "build_s": round(r.build_s, 2), "log": r.log,
+                              "error": {"stage": r.error.stage, "reason": r.error.reason} if r.error else None,
+                              "collected": e.collected if e else 0, "passed": e.passed if e else 0}))
+        elif r.error:
+            console.print(f"[red]failed[/] {r.source} at [bold]{r.error.stage}[/]: {r.error.reason}\n  log: {r.log}")
+        else:
+            console.print(f"[green]ok[/] {r.source} -> [bold]{r.tag}[/] ({e.passed}/{e.collected} tests pass"
+                          f"{', cached' if r.cached else ''}, {r.build_s:.1f}s)" if e else f"built {r.tag}")
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@images_app.command("list")
+def images_list(as_json: bool = typer.Option(False, "--json", help="Print the manifest entries as JSON lines.")) -> None:
+    """The images in the manifest: source, commit, tests collected and passing, size, build time."""
+    from rich.table import Table
+
+    from forager.images.manifest import Manifest
+
+    entries = Manifest().entries()
+    if as_json:
+        for e in entries:
+            print(e.model_dump_json(exclude={"tests", "baseline"}))
+        return
+    table = Table("tag", "source", "commit", "python", "tests", "pass", "executable", "size", "build")
+    for e in entries:
+        table.add_row(e.tag, e.source, e.commit[:10], e.python, str(e.collected), f"{e.passed} ({e.pass_share:.0%})",
+                      "[green]yes[/]" if e.executable else f"[red]no[/] {e.failure or ''}",
+                      f"{e.image_size / 1e6:.0f} MB", f"{e.build_s:.0f}s")
+    console.print(table)
+
+
+@images_app.command("verify")
+def images_verify(
+    tag: str = typer.Argument(..., help="An image tag (forager/repo-NAME:HASH)."),
+    min_pass_share: Optional[float] = typer.Option(None, help="Share that must pass (default: the entry's)."),
+    test_timeout: float = typer.Option(900.0, help="Seconds the whole suite may take."),
+) -> None:
+    """Collect and run an image's tests again, and update its manifest entry."""
+    from forager.images.build import verify_tag
+
+    try:
+        entry = verify_tag(tag, min_pass_share, test_timeout, log=lambda m: console.print(f"[dim]{m}[/]"))
+    except ForagerError as err:
+        _fail(str(err))
+    verdict = "[green]executable[/]" if entry.executable else f"[red]not executable[/] ({entry.failure})"
+    console.print(f"{tag}: {verdict}; {entry.passed} passed, {entry.failed} failed, {entry.skipped} skipped of "
+                  f"{entry.collected} collected in {entry.suite_duration_s:.1f}s")
+    if not entry.executable:
+        raise typer.Exit(1)
+
+
+@images_app.command("prune")
+def images_prune(
+    all_: bool = typer.Option(False, "--all", help="Remove every env and repo image and empty the manifest."),
+    dry_run: bool = typer.Option(False, help="Only say what would go."),
+) -> None:
+    """Remove Forager's env and repo images that no manifest entry uses, and Forager's dangling layers."""
+    from forager.images.prune import prune_images
+
+    report = prune_images(everything=all_, dry_run=dry_run, client=_docker())
+    for tag in report.removed:
+        console.print(f"{'would remove' if dry_run else 'removed'} {tag}")
+    console.print(f"{len(report.removed)} image tag(s) {'to remove' if dry_run else 'removed'}, {report.dangling} "
+                  f"dangling layer(s), {report.reclaimed_bytes / 1e6:.0f} MB reclaimed; {len(report.kept)} kept; "
+                  f"{len(report.stale_entries)} manifest entr{'y' if len(report.stale_entries) == 1 else 'ies'} "
+                  "without an image")
+
+
 @tasks_app.command("sample")
 def tasks_sample(out: Path = typer.Option(Path("sample-tasks.jsonl"), help="Where to write the tasks.")) -> None:
     """Write the sample repository's planted-bug tasks as JSONL."""
@@ -450,6 +544,7 @@ def collect(
     policy_option: list[str] = typer.Option([], "--policy-option", help="KEY=VALUE passed to the policy (JSON values allowed); repeatable."),
     samples_per_task: int = typer.Option(1, "--samples-per-task", "-k", min=1, help="Episodes per task."),
     workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes at once (one container each)."),
+    warm_pool: Optional[int] = typer.Option(None, min=0, help="Containers started ahead per image for resets and grading (default: min(workers, 4); 0: none)."),
     runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
     ray_address: Optional[str] = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
     config: Optional[Path] = typer.Option(None, help="YAML agent config (prompts, tool format, budgets), optionally under `agent:`."),
@@ -478,7 +573,8 @@ def collect(
     try:
         agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
         run_config = CollectConfig(samples_per_task=samples_per_task, workers=workers, runtime=kind,
-                                   ray_address=ray_address, reward={"unresolved": reward_unresolved})
+                                   ray_address=ray_address, reward={"unresolved": reward_unresolved},
+                                   warm_pool=min(workers, 4) if warm_pool is None else warm_pool)
         console.print(f"collecting {len(task_list)} task(s) x {samples_per_task} sample(s) with the {spec.name} "
                       f"policy, {workers} worker(s), {kind} runtime -> {out}")
         _run_collection(task_list, out, spec, agent, run_config, source, allow_mixed)
@@ -502,8 +598,9 @@ def quickstart(
     console.print(f"collecting {len(task_list)} sample task(s) x {samples_per_task} with the {spec.name} policy "
                   f"on the {kind} runtime -> {out}")
     try:
-        _run_collection(task_list, out, spec, AgentConfig(), CollectConfig(samples_per_task=samples_per_task,
-                        workers=workers, runtime=kind), "sample (embedded)", allow_mixed=False)
+        _run_collection(task_list, out, spec, AgentConfig(), CollectConfig(
+            samples_per_task=samples_per_task, workers=workers, runtime=kind, warm_pool=min(workers, 4)),
+            "sample (embedded)", allow_mixed=False)
     except ForagerError as err:
         _fail(str(err))
     first = next(iter(_read_first(out)), None)
@@ -523,6 +620,93 @@ def _read_first(out: Path):
     from forager.agent.store import read_trajectories
 
     return read_trajectories([out], strict=False)
+
+
+@app.command()
+def dedup(
+    inputs: list[Path] = typer.Argument(..., help="Trajectory JSONL files, or directories of them."),
+    out: Path = typer.Option(..., help="Where to write the kept trajectories (JSONL; not inside an input directory)."),
+    threshold: float = typer.Option(0.5, help="Drop a trajectory whose estimated Jaccard similarity with a kept one of its repository is at least this."),
+    num_perm: int = typer.Option(128, help="MinHash permutations."),
+    seed: int = typer.Option(0, help="Seed of the MinHash permutations."),
+) -> None:
+    """Near-deduplicate trajectories per repository by MinHash over their actions (CWM: kept pairs below 0.5)."""
+    from rich.table import Table
+
+    from forager.agent.dedup import dedup_files
+
+    if not 0.0 < threshold <= 1.0:
+        _fail(f"--threshold must be in (0, 1], not {threshold}")
+    if num_perm < 1:
+        _fail(f"--num-perm must be at least 1, not {num_perm}")
+    try:
+        result = dedup_files(inputs, out, threshold=threshold, num_perm=num_perm, seed=seed)
+    except ForagerError as err:
+        _fail(str(err))
+    table = Table("repository", "kept", "dropped")
+    for repo, count in result.repos.items():
+        table.add_row(repo or "(none)", str(count.kept), str(count.dropped))
+    console.print(table)
+    total_dropped = len(result.dropped)
+    console.print(f"kept {len(result.kept_ids)} of {len(result.kept_ids) + total_dropped} trajectories "
+                  f"({total_dropped} near-duplicates dropped) -> {out}")
+    if out.suffix == ".jsonl" and any(p.is_dir() and p.resolve() == out.resolve().parent for p in inputs):
+        console.print(f"[yellow]note:[/] {out} is inside an input directory: reading that directory again "
+                      "reads both the original and the deduplicated trajectories")
+
+
+@app.command("export")
+def export_command(
+    inputs: list[Path] = typer.Argument(..., help="Trajectory JSONL files, or directories of them."),
+    out: Path = typer.Option(..., help="Output prefix: writes PREFIX.jsonl and/or PREFIX.parquet."),
+    format: str = typer.Option("both", "--format", help="jsonl, parquet or both."),  # noqa: A002
+    mask_observations: float = typer.Option(
+        1.0, help="Share of observations (tool outputs) masked from the loss: 1.0 masks them all (plain SFT); "
+                  "CWM's mid-training masked 0.5 and trained on the rest."),
+    resolved_only: bool = typer.Option(False, help="Only resolved trajectories."),
+    min_reward: Optional[float] = typer.Option(None, help="Only trajectories with at least this reward."),
+    terminations: Optional[str] = typer.Option(None, help="Only these endings, comma-separated (e.g. submitted,out_of_turns)."),
+    tokens: bool = typer.Option(False, help="Also write input_ids and assistant_masks (needs token ids in every trajectory)."),
+    seed: int = typer.Option(0, help="Seed of the observation masking."),
+) -> None:
+    """Write an SFT dataset (chat messages with a per-message loss weight) from trajectories."""
+    from forager.agent.export import ExportFilter, export_dataset
+
+    formats = {"both": ["jsonl", "parquet"], "jsonl": ["jsonl"], "parquet": ["parquet"]}.get(format)
+    if formats is None:
+        _fail(f"--format must be jsonl, parquet or both, not {format!r}")
+    if not 0.0 <= mask_observations <= 1.0:
+        _fail(f"--mask-observations is a share in [0, 1], not {mask_observations}")
+    try:
+        wanted = frozenset(t.strip() for t in terminations.split(",") if t.strip()) if terminations else None
+        result = export_dataset(inputs, out, formats=formats, mask_observations=mask_observations, seed=seed,
+                                filter=ExportFilter(resolved_only, min_reward, wanted), tokens=tokens)
+    except ForagerError as err:
+        _fail(str(err))
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
+    console.print(f"exported {result.rows} trajectories" + (f" (left out: {skipped})" if skipped else ""))
+    observed = result.observations_trained + result.observations_masked
+    if observed:
+        console.print(f"observations: {result.observations_masked} masked, {result.observations_trained} trained")
+    for path in result.paths:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def view(
+    inputs: list[Path] = typer.Argument(..., help="Trajectory JSONL files, or directories of them."),
+    out: Path = typer.Option(Path("trajectories.html"), help="The HTML file to write."),
+    title: Optional[str] = typer.Option(None, help="Page title (default: the inputs)."),
+) -> None:
+    """Write one self-contained HTML page to browse trajectories (no network needed to open it)."""
+    from forager.agent.view import write_view
+
+    try:
+        path = write_view(inputs, out, title=title)
+    except ForagerError as err:
+        _fail(str(err))
+    console.print(f"wrote {path}")
+    console.print(path.resolve().as_uri())
 
 
 def main() -> None:

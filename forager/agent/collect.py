@@ -25,6 +25,7 @@ from forager.agent.config import AgentConfig
 from forager.agent.loop import make_env, run_episode
 from forager.agent.store import TrajectoryWriter
 from forager.core import ForagerError, Policy, Task, Trajectory
+from forager.runtime.pool import WarmPool
 
 RUN_FILE = "collection.json"
 
@@ -61,6 +62,8 @@ class CollectConfig(BaseModel):
     reward: dict[str, Any] = Field(default_factory=dict)
     """RewardConfig fields (e.g. `{"unresolved": -1.0}`)."""
     docker_limits: dict[str, Any] = Field(default_factory=dict)
+    warm_pool: int = Field(0, ge=0)
+    """Containers kept started ahead per image, so resets and gradings do not wait for `docker run`."""
 
 
 @dataclass
@@ -201,9 +204,10 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
     for item in pending:
         work.put(item)
     failures: list[BaseException] = []
+    pool = WarmPool(config.warm_pool) if config.warm_pool and config.runtime != "local" else None
 
     def worker() -> None:
-        env = make_env(agent, config.runtime, config.reward or None, config.docker_limits or None)
+        env = make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
         try:
             while not stop.is_set():
                 try:
@@ -219,13 +223,17 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
 
     threads = [threading.Thread(target=worker, name=f"forager-collect-{n}", daemon=True)
                for n in range(min(config.workers, len(pending)))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)  # short joins keep the main thread responsive to Ctrl-C
-    close = getattr(policy, "close", None)
-    if callable(close):
-        close()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # short joins keep the main thread responsive to Ctrl-C
+    finally:
+        if pool is not None:
+            pool.close()
+        close = getattr(policy, "close", None)
+        if callable(close):
+            close()
     if failures:
         raise ForagerError(f"collection stopped: {type(failures[0]).__name__}: {failures[0]}") from failures[0]

@@ -30,6 +30,7 @@ from forager.core import (
 from forager.agent.config import AgentConfig
 from forager.envs.swe import SWEEnv
 from forager.envs.tools import TOOLS, ActionError, ToolCall, parse_action
+from forager.runtime.pool import WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,11 @@ def _now() -> str:
 
 
 def make_env(config: AgentConfig, runtime: str = "auto", reward: dict[str, Any] | None = None,
-             docker_limits: dict[str, Any] | None = None) -> SWEEnv:
+             docker_limits: dict[str, Any] | None = None, warm_pool: int | WarmPool = 0) -> SWEEnv:
     """A task-less SWEEnv with the agent's budgets; `run_episode` resets it onto each task."""
     return SWEEnv(tasks=[], runtime=runtime, max_turns=config.max_turns, command_timeout=config.command_timeout,
-                  max_output_bytes=config.max_output_bytes, reward=reward, docker_limits=docker_limits)
+                  max_output_bytes=config.max_output_bytes, reward=reward, docker_limits=docker_limits,
+                  warm_pool=warm_pool)
 
 
 def _describe(policy: Policy) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class RolloutWorker:
         self.agent = AgentConfig.model_validate(agent)
         collect_config = CollectConfig.model_validate(config)
         self.env = make_env(self.agent, collect_config.runtime, collect_config.reward or None,
-                            collect_config.docker_limits or None)
+                            collect_config.docker_limits or None, collect_config.warm_pool)
 
     def run(self, task: dict, sample: int) -> str:
         from forager.agent.loop import run_episode

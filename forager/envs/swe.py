@@ -16,6 +16,7 @@ from forager.rewards import RewardConfig, RewardResult, grade_patch
 from forager.runtime.base import ShellRuntime
 from forager.runtime.docker import DockerLimits, DockerRuntime, docker_client
 from forager.runtime.local import LocalRuntime
+from forager.runtime.pool import WarmPool, shared_pool
 from forager.tasks.checkout import checkout_task
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,12 @@ class UnicodeText(spaces.Text):
 
 def open_runtime(
     task: Task, kind: RuntimeKind = "auto", *, limits: DockerLimits | None = None,
-    command_timeout: float = 120.0, max_output_bytes: int = 20_000,
+    command_timeout: float = 120.0, max_output_bytes: int = 20_000, pool: WarmPool | None = None,
 ) -> ShellRuntime:
-    """A runtime for `task`: Docker when asked, or when `auto` and an engine with the task's image answers."""
+    """A runtime for `task`: Docker when asked, or when `auto` and an engine with the task's image answers.
+
+    With a warm `pool`, a Docker runtime is taken from it (ready at once when one is warm).
+    """
     client = None
     if kind == "auto":
         client = _client_with_image(task.image) if task.image else None
@@ -52,6 +56,11 @@ def open_runtime(
     if kind == "docker":
         if not task.image:
             raise RuntimeUnavailable(f"task {task.instance_id} has no image for the Docker runtime")
+        if pool is not None:
+            if client is not None:
+                client.close()
+            return pool.take(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
+                             max_output_bytes=max_output_bytes)
         return DockerRuntime(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
                              max_output_bytes=max_output_bytes, client=client)
     if not task.local_repo:
@@ -95,6 +104,7 @@ class SWEEnv(gym.Env[str, str]):
         docker_limits: dict[str, Any] | None = None,
         reward: dict[str, Any] | None = None,
         render_mode: str | None = None,
+        warm_pool: int | WarmPool = 0,
     ) -> None:
         self.tasks = _collect_tasks(task, tasks, tasks_path)
         self.runtime_kind: RuntimeKind = runtime
@@ -104,6 +114,13 @@ class SWEEnv(gym.Env[str, str]):
         self.limits = DockerLimits(**(docker_limits or {}))
         self.reward_config = RewardConfig(**(reward or {}))
         self.render_mode = render_mode
+        self.pool: WarmPool | None = None
+        """Containers started ahead for resets and grading (Docker only): the given pool, or for a
+        size, the process's shared pool."""
+        if isinstance(warm_pool, WarmPool):
+            self.pool = warm_pool
+        elif warm_pool > 0 and runtime != "local":
+            self.pool = shared_pool(warm_pool)
         self.observation_space = UnicodeText(MAX_TEXT)
         self.action_space = UnicodeText(MAX_TEXT)
         self.runtime: ShellRuntime | None = None
@@ -206,7 +223,7 @@ class SWEEnv(gym.Env[str, str]):
 
     def _open_runtime(self, task: Task) -> ShellRuntime:
         return open_runtime(task, self.runtime_kind, limits=self.limits, command_timeout=self.command_timeout,
-                            max_output_bytes=self.max_output_bytes)
+                            max_output_bytes=self.max_output_bytes, pool=self.pool)
 
     def _pick_task(self, choice: Task | dict[str, Any] | str | None) -> Task:
         if isinstance(choice, Task):
