@@ -44,8 +44,9 @@ def sample_mutate_fix_tasks(count: int, seed: int = 0) -> list:
     return report.tasks
 
 
-def run(tasks: list, workers: int, policy: PolicySpec, warm_pool: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="forager-bench-collect-") as out:
+def run(tasks: list, workers: int, policy: PolicySpec, warm_pool: int, keep: Path | None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="forager-bench-collect-") as tmp:
+        out = keep / f"workers{workers}-pool{warm_pool}" if keep else tmp
         started = time.monotonic()
         stats = collect(tasks, out, policy=policy, config=CollectConfig(workers=workers, runtime="docker",
                                                                              warm_pool=warm_pool))
@@ -60,6 +61,8 @@ def run(tasks: list, workers: int, policy: PolicySpec, warm_pool: int) -> dict:
         "forager_share": round(1 - outside / t["total"], 3) if t["total"] else None,
         "time_in_s": {k: round(v, 1) for k, v in sorted(t.items())},
         "terminations": dict(stats.terminations),
+        "unresolved": stats.unresolved[:10],
+        "errors": stats.errors[:10],
     }
 
 
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--policy", choices=["reference", "openai"], default="reference")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the trajectories under this directory")
     parser.add_argument("--warm-pool", type=int, nargs="+", default=[0, 2],
                         help="containers kept warm per image (0: none); every worker count runs with each")
     args = parser.parse_args()
@@ -85,7 +89,7 @@ def main() -> None:
     results = []
     try:
         for workers, warm in [(w, p) for w in args.workers for p in args.warm_pool]:
-            result = run(tasks, workers, policy, warm)
+            result = run(tasks, workers, policy, warm, args.keep)
             results.append(result)
             print(f"{workers:3d} workers, warm pool {warm}: {result['episodes']} episodes in {result['wall_s']:.1f}s = "
                   f"{result['episodes_per_minute']:.1f}/min, {result['env_steps_per_s']:.2f} steps/s, "

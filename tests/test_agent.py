@@ -228,9 +228,10 @@ def test_trajectory_files_survive_a_torn_last_line(tmp_path, tasks):
         assert writer.repaired_bytes == 40 and writer.done() == {("a", 0)}
         writer.append(Trajectory(trajectory_id="a#1", task_id="a", sample=1))
     assert [x.trajectory_id for x in read_trajectories([tmp_path])] == ["a#0", "a#1"]
-    (tmp_path / "trajectories.jsonl").write_text('{"not": "a trajectory"}\n')
-    with pytest.raises(ForagerError, match=r"trajectories.jsonl:1: not a trajectory"):
-        list(read_trajectories([tmp_path]))
+    (tmp_path / "trajectories.jsonl").write_text(t.to_json() + '\n{"not": "a trajectory"}\n')
+    with pytest.raises(ForagerError, match=r"trajectories.jsonl:2: not a trajectory: .*trajectory_id: Field required"):
+        read_trajectories([tmp_path])
+    assert [x.trajectory_id for x in read_trajectories([tmp_path], strict=False)] == ["a#0"]
 
 
 def test_a_tiny_local_transformers_model_drives_an_episode(tasks, env):

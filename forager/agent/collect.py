@@ -81,6 +81,8 @@ class CollectStats:
     time_in: Counter = field(default_factory=Counter)
     """Seconds summed over episodes: `total`, `policy`, `reset`, `env`, `commands`, `grade`, `tests`."""
     errors: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)
+    """Trajectory ids of the episodes that did not resolve their task."""
 
     def add(self, trajectory: Trajectory) -> None:
         self.done += 1
@@ -88,6 +90,8 @@ class CollectStats:
         self.turns += trajectory.num_turns
         self.completion_tokens += trajectory.completion_tokens
         self.terminations[trajectory.termination] += 1
+        if not trajectory.resolved:
+            self.unresolved.append(trajectory.trajectory_id)
         self.time_in.update(trajectory.timings)
         if trajectory.error and trajectory.termination in ("crashed", "env_error", "policy_error"):
             self.errors.append(f"{trajectory.trajectory_id}: {trajectory.termination}: "

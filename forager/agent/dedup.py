@@ -14,25 +14,25 @@ sized so that a pair at the threshold shares a band with probability >= 99.5% (h
 candidates are confirmed with the MinHash estimate, so banding can miss a duplicate but never drops
 a trajectory that is not one.
 
-This module also reads trajectory files (`read_trajectories`, `iter_trajectory_lines`), which
-`export` and `view` use as well.
+Trajectory files are read with `forager.agent.store`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from pydantic import ValidationError
 
-from forager.core import ForagerError, Trajectory
+from forager.agent.store import atomic_output, iter_trajectory_lines, trajectory_files
+from forager.core import Trajectory
+
+log = logging.getLogger(__name__)
 
 NGRAM = 5
 """Words per shingle."""
@@ -45,95 +45,6 @@ _U64 = np.uint64
 _NGRAM_MULTIPLIER = _U64(0x100000001B3)
 _SIGNATURE_EMPTY = np.iinfo(np.uint32).max
 _SHINGLE_CHUNK = 4096  # shingles hashed at once: bounds the (chunk, num_perm) temporary to 4 MiB
-
-
-# -- reading trajectory files ----------------------------------------------------------------------
-class TrajectoryFileError(ForagerError):
-    """A trajectory input cannot be read; the message names the file (and line) and what is wrong."""
-
-
-@dataclass(frozen=True)
-class TrajectoryLine:
-    """One trajectory as read from a file, with where it came from and its exact text."""
-
-    path: Path
-    lineno: int
-    text: str
-    trajectory: Trajectory
-
-
-def _holds_trajectories(path: Path) -> bool:
-    """Whether a JSONL file found in a directory is a trajectory file (judged by its first line).
-
-    A first line that is not JSON counts as a trajectory file, so that reading it reports the error
-    instead of skipping a damaged collection silently.
-    """
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except ValueError:
-                    return True
-                return isinstance(first, dict) and "trajectory_id" in first and "messages" in first
-    return False
-
-
-def trajectory_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """The files to read: each input file, and each trajectory `*.jsonl` directly inside an input directory."""
-    files: list[Path] = []
-    seen: set[Path] = set()
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = [p for p in sorted(path.glob("*.jsonl")) if p.is_file() and _holds_trajectories(p)]
-            if not found:
-                raise TrajectoryFileError(f"{path}: no trajectory files in it (*.jsonl whose lines are trajectories)")
-        elif path.is_file():
-            found = [path]
-        else:
-            raise TrajectoryFileError(f"{path}: no such file or directory")
-        for p in found:
-            if p.resolve() not in seen:
-                seen.add(p.resolve())
-                files.append(p)
-    return files
-
-
-def _describe(err: ValidationError) -> str:
-    problems = []
-    for e in err.errors()[:3]:
-        where = ".".join(str(part) for part in e["loc"])
-        problems.append(f"{where}: {e['msg']}" if where else e["msg"])
-    more = f" (and {err.error_count() - 3} more)" if err.error_count() > 3 else ""
-    return "; ".join(problems) + more
-
-
-def iter_trajectory_lines(inputs: Iterable[str | Path]) -> Iterator[TrajectoryLine]:
-    """Every trajectory in the inputs (files, or directories of `*.jsonl`), in file and line order.
-
-    Raises TrajectoryFileError naming `file:line` for a line that is not a Trajectory.
-    """
-    for path in trajectory_files(inputs):
-        with path.open(encoding="utf-8") as f:
-            lineno = 0
-            try:
-                for lineno, line in enumerate(f, 1):  # noqa: B007 - lineno is reported after the loop too
-                    text = line.rstrip("\r\n")
-                    if not text.strip():
-                        continue
-                    try:
-                        trajectory = Trajectory.model_validate_json(text)
-                    except ValidationError as err:
-                        raise TrajectoryFileError(f"{path}:{lineno}: not a trajectory: {_describe(err)}") from None
-                    yield TrajectoryLine(path, lineno, text, trajectory)
-            except UnicodeDecodeError as err:
-                raise TrajectoryFileError(f"{path}:{lineno + 1}: not UTF-8 text ({err.reason})") from None
-
-
-def read_trajectories(inputs: Iterable[str | Path]) -> list[Trajectory]:
-    """All trajectories in the inputs (files, or directories of `*.jsonl`), in file and line order."""
-    return [line.trajectory for line in iter_trajectory_lines(inputs)]
 
 
 # -- MinHash ----------------------------------------------------------------------------------------
@@ -192,11 +103,11 @@ class MinHasher:
     def __init__(self, num_perm: int = 128, ngram: int = NGRAM, seed: int = 0, cache_size: int = 1 << 21):
         if num_perm < 1 or ngram < 1:
             raise ValueError("num_perm and ngram must be at least 1")
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(seed % (1 << 64))  # any int, negative ones too
         self.num_perm = num_perm
         self.ngram = ngram
         self._a = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64) * _U64(2) + _U64(1)  # (P,) odd
-        self._b = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64) * _U64(2)  # (P,)
+        self._b = rng.integers(0, 1 << 63, num_perm, dtype=np.uint64)  # (P,)
         self._words: dict[str, int] = {}
         self._cache_size = cache_size
 
@@ -444,31 +355,3 @@ def dedup_files(inputs: Iterable[str | Path], out_path: str | Path, threshold: f
     return DedupFilesResult(out_path, [ids[i] for i in selection.kept], selection.dropped, selection.repos)
 
 
-class atomic_output:  # noqa: N801 - used as a context manager, like open()
-    """A text file that appears at `path` only when the `with` block succeeds (temp file, fsync, rename)."""
-
-    def __init__(self, path: str | Path, mode: str = "w"):
-        self.path = Path(path)
-        self.mode = mode
-        self.tmp: Path | None = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self.tmp = Path(name)
-        self._file = os.fdopen(fd, self.mode, **({} if "b" in self.mode else {"encoding": "utf-8"}))
-        return self._file
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.tmp is not None
-        try:
-            if exc_type is None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            self._file.close()
-            if exc_type is None:
-                os.chmod(self.tmp, 0o644)  # mkstemp makes it 0600
-                os.replace(self.tmp, self.path)
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()

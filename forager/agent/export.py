@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from forager.agent.dedup import atomic_output, iter_trajectory_lines
+from forager.agent.store import atomic_output, iter_trajectory_lines
 from forager.core import ForagerError, Termination, Trajectory
 
 FORMATS = ("jsonl", "parquet")
@@ -118,7 +118,8 @@ def _tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def export_row(trajectory: Trajectory, mask_observations: float = 1.0, seed: int = 0, tokens: bool = False) -> dict[str, Any]:
+def export_row(trajectory: Trajectory, mask_observations: float = 1.0, seed: int = 0,
+               tokens: bool = False) -> dict[str, Any]:
     """One dataset row (see the module docstring)."""
     weights = message_weights(trajectory, mask_observations, seed)
     messages = []
@@ -196,6 +197,7 @@ def export_dataset(
     Parquet is asked for), then the Parquet file is written from it in batches, with a schema that
     has message `tool_calls` only when some trajectory has them. Each output appears atomically.
     """
+    inputs = list(inputs)
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -204,7 +206,8 @@ def export_dataset(
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise ExportError("Parquet output needs pyarrow: pip install 'forager[eval]' (or use --format jsonl)") from None
+            raise ExportError("Parquet output needs pyarrow: pip install 'forager[eval]', or write --format jsonl") \
+                from None
     prefix = Path(out_prefix)
     if prefix.suffix in (".jsonl", ".parquet"):
         prefix = prefix.with_suffix("")
@@ -229,7 +232,7 @@ def export_dataset(
                 row = export_row(trajectory, mask_observations, seed, tokens)
             except ExportError as err:
                 raise ExportError(f"{line.path}:{line.lineno}: {err}") from None
-            any_tool_calls = any_tool_calls or any("tool_calls" in m for m in row["messages"])
+            any_tool_calls = any_tool_calls or any("tool_calls" in m or "tool_call_id" in m for m in row["messages"])
             acted = False
             for message in row["messages"]:
                 acted = acted or message["role"] == "assistant"

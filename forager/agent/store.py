@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -18,43 +21,133 @@ log = logging.getLogger(__name__)
 TRAJECTORIES = "trajectories.jsonl"
 
 
+class TrajectoryFileError(ForagerError):
+    """A trajectory input cannot be read; the message names the file (and line) and what is wrong."""
+
+
+@dataclass(frozen=True)
+class TrajectoryLine:
+    """One trajectory as read from a file, with where it came from and its exact text."""
+
+    path: Path
+    lineno: int
+    text: str
+    trajectory: Trajectory
+
+
+def _holds_trajectories(path: Path) -> bool:
+    """Whether a JSONL file found in a directory is a trajectory file (judged by its first line).
+
+    A first line that is not JSON counts as a trajectory file, so that reading it reports the error
+    instead of skipping a damaged collection silently.
+    """
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except ValueError:
+                    return True
+                return isinstance(first, dict) and "trajectory_id" in first and "messages" in first
+    return False
+
+
 def trajectory_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """The JSONL files named by `inputs`: files as given, directories by their `*.jsonl` (sorted)."""
+    """The files to read: each input file, and each trajectory `*.jsonl` directly inside an input directory."""
     files: list[Path] = []
+    seen: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.glob("*.jsonl") if p.is_file())
+            found = [p for p in sorted(path.glob("*.jsonl")) if p.is_file() and _holds_trajectories(p)]
+            if not found:
+                raise TrajectoryFileError(f"{path}: no trajectory files in it (*.jsonl whose lines are trajectories)")
         elif path.is_file():
-            files.append(path)
+            found = [path]
         else:
-            raise ForagerError(f"{path} does not exist: give trajectory files (.jsonl) or directories holding them")
+            raise TrajectoryFileError(f"{path}: no such file or directory")
+        for p in found:
+            if p.resolve() not in seen:
+                seen.add(p.resolve())
+                files.append(p)
     return files
 
 
-def read_trajectories(inputs: Iterable[str | Path], *, strict: bool = True) -> Iterator[Trajectory]:
-    """Every trajectory in `inputs`. A malformed line is an error naming file:line (or, not strict, skipped).
+def _describe(err: ValidationError) -> str:
+    problems = []
+    for e in err.errors()[:3]:
+        where = ".".join(str(part) for part in e["loc"])
+        problems.append(f"{where}: {e['msg']}" if where else e["msg"])
+    more = f" (and {err.error_count() - 3} more)" if err.error_count() > 3 else ""
+    return "; ".join(problems) + more
 
-    An unterminated last line (a writer killed mid-line) is skipped with a warning either way.
+
+def iter_trajectory_lines(inputs: Iterable[str | Path], *, strict: bool = True) -> Iterator[TrajectoryLine]:
+    """Every trajectory in the inputs (files, or directories of `*.jsonl`), in file and line order.
+
+    Raises TrajectoryFileError naming `file:line` for a line that is not a Trajectory, except an
+    unfinished last line (no newline after it), which is skipped with a warning as the collector's
+    own reader does.
     """
     for path in trajectory_files(inputs):
-        with path.open("rb") as handle:
-            data = handle.read()
-        lines = data.split(b"\n")
-        for number, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            complete = number < len(lines)  # the last piece had no newline after it
+        with path.open(encoding="utf-8") as f:
+            lineno = 0
             try:
-                yield Trajectory.from_json(raw)
-            except (ValidationError, ValueError) as err:
-                if not complete:
-                    log.warning("%s:%d: skipping an unfinished last line (%d bytes)", path, number, len(raw))
-                    continue
-                if strict:
-                    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    raise ForagerError(f"{path}:{number}: not a trajectory ({first})") from err
-                log.warning("%s:%d: skipping a malformed line", path, number)
+                for lineno, line in enumerate(f, 1):  # noqa: B007 - lineno is reported after the loop too
+                    text = line.rstrip("\r\n")
+                    if not text.strip():
+                        continue
+                    try:
+                        trajectory = Trajectory.model_validate_json(text)
+                    except ValidationError as err:
+                        if not line.endswith("\n"):  # a writer is still appending it, or was killed mid-line
+                            log.warning("%s:%d: skipping an unfinished last line (%d chars)", path, lineno, len(text))
+                            continue
+                        if not strict:
+                            log.warning("%s:%d: skipping a line that is not a trajectory", path, lineno)
+                            continue
+                        raise TrajectoryFileError(f"{path}:{lineno}: not a trajectory: {_describe(err)}") from None
+                    yield TrajectoryLine(path, lineno, text, trajectory)
+            except UnicodeDecodeError as err:
+                raise TrajectoryFileError(f"{path}:{lineno + 1}: not UTF-8 text ({err.reason})") from None
+
+
+def read_trajectories(inputs: Iterable[str | Path], *, strict: bool = True) -> list[Trajectory]:
+    """All trajectories in the inputs (files, or directories of `*.jsonl`), in file and line order.
+
+    Not strict, a line that is not a trajectory is skipped with a warning instead of raising.
+    """
+    return [line.trajectory for line in iter_trajectory_lines(inputs, strict=strict)]
+
+
+class atomic_output:  # noqa: N801 - used as a context manager, like open()
+    """A text file that appears at `path` only when the `with` block succeeds (temp file, fsync, rename)."""
+
+    def __init__(self, path: str | Path, mode: str = "w"):
+        self.path = Path(path)
+        self.mode = mode
+        self.tmp: Path | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self.tmp = Path(name)
+        self._file = os.fdopen(fd, self.mode, **({} if "b" in self.mode else {"encoding": "utf-8"}))
+        return self._file
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        try:
+            if exc_type is None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            self._file.close()
+            if exc_type is None:
+                os.chmod(self.tmp, 0o644)  # mkstemp makes it 0600
+                os.replace(self.tmp, self.path)
+        finally:
+            if self.tmp.exists():
+                self.tmp.unlink()
 
 
 class TrajectoryWriter:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from forager.agent.dedup import atomic_output, read_trajectories
+from forager.agent.store import atomic_output, read_trajectories
 from forager.core import Trajectory
 
 MAX_TEXT = 200_000
@@ -119,10 +119,10 @@ header h1 { font-size: 16px; margin: 0; }
 #controls input[type=search] { width: 320px; max-width: 60vw; }
 input, select { font: inherit; padding: 4px 6px; border: 1px solid var(--line); border-radius: 4px; background: #fff; }
 #shown { color: var(--muted); }
-main { display: grid; grid-template-columns: minmax(420px, 40%) 1fr; height: calc(100vh - 92px); }
+main { display: grid; grid-template-columns: minmax(560px, 46%) 1fr; height: calc(100vh - 92px); }
 #list { overflow: auto; border-right: 1px solid var(--line); background: #fff; }
 table { border-collapse: collapse; width: 100%; }
-th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
+th, td { padding: 4px 6px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
 th { position: sticky; top: 0; background: #eef1f5; cursor: pointer; user-select: none; font-weight: 600; }
 th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tbody tr { cursor: pointer; }

@@ -255,7 +255,7 @@ class BashSession:
                 continue
             if timed_out and now >= deadline:
                 # The command is a shell builtin loop, or its processes could not be killed.
-                self._died(f"the previous command timed out and its shell had to be restarted")
+                self._died("the previous command timed out and its shell had to be restarted")
                 notes.append(
                     f"command timed out after {timeout:g}s; the shell was restarted "
                     f"(working directory, variables and background jobs were lost)"
