@@ -117,12 +117,16 @@ def images_list(as_json: bool = typer.Option(False, "--json", help="Print the ma
         for e in entries:
             print(e.model_dump_json(exclude={"tests", "baseline"}))
         return
-    table = Table("tag", "source", "commit", "python", "tests", "pass", "executable", "size", "build")
+    table = Table("tag", "source", "tests", "passing", "ok", "size", "build")
+    table.columns[0].no_wrap = True
     for e in entries:
-        table.add_row(e.tag, e.source, e.commit[:10], e.python, str(e.collected), f"{e.passed} ({e.pass_share:.0%})",
-                      "[green]yes[/]" if e.executable else f"[red]no[/] {e.failure or ''}",
-                      f"{e.image_size / 1e6:.0f} MB", f"{e.build_s:.0f}s")
+        table.add_row(e.tag, e.source, str(e.collected), f"{e.passed} ({e.pass_share:.0%})",
+                      "[green]yes[/]" if e.executable else "[red]no[/]", f"{e.image_size / 1e6:.0f} MB",
+                      f"{e.build_s:.0f}s")
     console.print(table)
+    for e in entries:
+        if e.failure:
+            console.print(f"[red]{e.tag}[/]: {e.failure} (log: {e.log})")
 
 
 @images_app.command("verify")
@@ -624,7 +628,7 @@ def _read_first(out: Path):
 
 @app.command()
 def dedup(
-    inputs: list[Path] = typer.Argument(..., help="Trajectory JSONL files, or directories of them."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="Trajectory JSONL files, or directories of them."),
     out: Path = typer.Option(..., help="Where to write the kept trajectories (JSONL; not inside an input directory)."),
     threshold: float = typer.Option(0.5, help="Drop a trajectory whose estimated Jaccard similarity with a kept one of its repository is at least this."),
     num_perm: int = typer.Option(128, help="MinHash permutations."),
@@ -657,7 +661,7 @@ def dedup(
 
 @app.command("export")
 def export_command(
-    inputs: list[Path] = typer.Argument(..., help="Trajectory JSONL files, or directories of them."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="Trajectory JSONL files, or directories of them."),
     out: Path = typer.Option(..., help="Output prefix: writes PREFIX.jsonl and/or PREFIX.parquet."),
     format: str = typer.Option("both", "--format", help="jsonl, parquet or both."),  # noqa: A002
     mask_observations: float = typer.Option(
@@ -694,7 +698,7 @@ def export_command(
 
 @app.command()
 def view(
-    inputs: list[Path] = typer.Argument(..., help="Trajectory JSONL files, or directories of them."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="Trajectory JSONL files, or directories of them."),
     out: Path = typer.Option(Path("trajectories.html"), help="The HTML file to write."),
     title: Optional[str] = typer.Option(None, help="Page title (default: the inputs)."),
 ) -> None:
