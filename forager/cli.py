@@ -615,7 +615,7 @@ def quickstart(
         from forager.agent.view import write_view
 
         page = write_view([out], out / "index.html")
-        console.print(f"view them: [bold]file://{Path(page).resolve()}[/] (made by `forager view {out}`)")
+        console.print(f"view them: [bold]file://{Path(page).resolve()}[/] (`forager view {out}` makes it again)")
     except ImportError:
         pass
 
