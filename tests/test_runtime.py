@@ -88,6 +88,18 @@ def test_files_and_diff_include_new_files(runtime):
     assert runtime.run("git status --porcelain").output.count("??") == 1  # the index was not touched
 
 
+def test_diff_sees_a_same_size_edit_made_in_the_second_of_the_commit(runtime):
+    # Racy git: an edit that keeps the size, made in the same second as the commit that wrote the
+    # index, has the index entry's stat; only the index file's own mtime tells git to look closer.
+    # A diff taken a second later through a copy of the index must still see the edit.
+    for n in range(2):
+        runtime.run_checked(f"printf 'value = {n}0\\n' > racy.py && git add racy.py && "
+                            f"git -c user.name=t -c user.email=t@t commit -qm racy{n} && printf 'value = {n}1\\n' > racy.py"
+                            " && sleep 1.1")
+        diff = runtime.diff()
+        assert f"-value = {n}0" in diff and f"+value = {n}1" in diff, f"attempt {n}: {diff!r}"
+
+
 def test_read_missing_file_raises(runtime):
     with pytest.raises(FileNotFoundError):
         runtime.read_file("nope.txt")

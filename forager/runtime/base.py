@@ -170,9 +170,14 @@ class ShellRuntime(ABC):
         self.run_checked(f"base64 -d {q(path)}.b64 > {q(path)} && rm -f {q(path)}.b64")
 
     def diff(self, base: str = "HEAD") -> str:
-        """Changes of the working tree (new files included) against `base`, without touching the index."""
+        """Changes of the working tree (new files included) against `base`, without touching the index.
+
+        The index is copied with its mtime (`cp -p`): git trusts an entry's stat only when the entry
+        is older than the index file, so a fresh mtime would hide a same-size edit made in the
+        second the index was written (racy git).
+        """
         return self.run_checked(
-            "idx=$(mktemp) && { cp .git/index \"$idx\" 2>/dev/null || true; } && "
+            "idx=$(mktemp) && { cp -p .git/index \"$idx\" 2>/dev/null || true; } && "
             "export GIT_INDEX_FILE=\"$idx\" && unset GIT_DIR GIT_WORK_TREE && git add -A && "
             f"git -c core.quotepath=false diff --cached --binary {q(base)}; rc=$?; rm -f \"$idx\"; exit $rc"
         )
