@@ -185,17 +185,19 @@ class PytestHarness:
         )
 
     # -- running -----------------------------------------------------------------------------------
-    def run(self, tests: Sequence[str], timeout: float, *, hardened: bool = False) -> TestRun:
-        """Run `tests` (node ids) once and read their statuses."""
-        if self._fifo and not hardened:
+    def run(self, tests: Sequence[str], timeout: float, *, hardened: bool = False, suite: bool = False) -> TestRun:
+        """Run `tests` (node ids) once and read their statuses; `suite=True` runs the whole suite instead
+        (no node ids on the command line) and reads the statuses of `tests` from its report."""
+        if self._fifo and not hardened and not suite:
             return self._run_served(tests, timeout)
         # A one-shot directory with a random name and a runner that deletes itself once it has read
         # the request; set up, run and cleaned up in one round trip.
         work = f"/tmp/forager-{secrets.token_hex(8)}"
         script = f"{work}/runner.py"
         nonce = secrets.token_hex(16)
-        request = {"args": [*self.command.args, *tests], "junit": f"{work}/{secrets.token_hex(8)}.xml",
-                   "nonce": nonce, "cwd": self.runtime.workdir, "self_destruct": True}
+        args = [*self.command.args, *([] if suite else tests)]
+        request = {"args": args, "junit": f"{work}/{secrets.token_hex(8)}.xml", "nonce": nonce,
+                   "cwd": self.runtime.workdir, "self_destruct": True}
         obs = self.runtime.session.run(
             f"mkdir -m 700 {work} && {self.runtime.write_command(script, RUNNER.read_text())} && "
             f"{self._request_command('run', request, script=script, isolated=hardened)}\n"

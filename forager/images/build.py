@@ -1,0 +1,502 @@
+"""Build executable images of real Python projects: base -> Python environment -> repository.
+
+    fetch       the source on the host: a git repository at one commit (forager.images.source)
+    detect      the install plan from the project's files, then the recipe's overrides
+    resolve     pip resolves the environment on the host into a lock (forager.images.resolve)
+    wheelhouse  every locked package as a wheel on the host
+    env         forager/env:HASH      venv + the locked packages, installed with --no-index
+    repo        forager/repo-NAME:HASH  the repository at /repo, installed editable, owned by `forager`
+    collect, verify                   the suite collected and run once inside the image -> manifest
+
+Each layer is made by running one script in a container (files copied in, never bind-mounted) and
+committing it, so the wheelhouse never lands in a layer. Tags hash their inputs: an unchanged input
+never rebuilds, and images of one base share its layers (projects with equal locks share the env).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from forager.core import DEFAULT_TEST_COMMAND, ForagerError
+from forager.images.detect import InstallPlan, detect_install
+from forager.images.manifest import ImageBuildError, Manifest, ManifestEntry
+from forager.images.paths import forager_home
+from forager.images.resolve import Lock, Target, ensure_lock_wheelhouse, resolve_lock
+from forager.images.source import FetchedSource, fetch_source
+from forager.images.spec import ImageSpec, Recipe, normalize_name, parse_source, recipe_for
+from forager.images.verify import verify_image
+from forager.runtime.base import owner_labels
+
+BASE_IMAGE = "forager/base:latest"
+ENV_REPOSITORY = "forager/env"
+REPO_PREFIX = "forager/repo-"
+USER, UID = "forager", 1000
+VENV = "/opt/venv"
+WORKDIR = "/repo"
+GIT_EXCLUDES = ["*.egg-info/", "__pycache__/", "*.pyc", ".eggs/", "build/", ".pytest_cache/", ".hypothesis/",
+                "*.so", ".coverage*"]
+
+StageCallback = Callable[[str, str, str], None]
+"""(source, stage, detail): called as a build moves on; stage is a STAGES name, `done`, `cached` or `failed`."""
+
+
+@dataclass
+class BuildOptions:
+    recipe: str | None = None
+    """A recipe (path or name in images/recipes) for every source; default: images/recipes/NAME.yaml if any."""
+    base: str = BASE_IMAGE
+    online: bool = False
+    """Install the environment from the package index inside the image instead of the host's wheelhouse."""
+    min_pass_share: float = 0.8
+    test_timeout: float = 900.0
+    layer_timeout: float = 1800.0
+    force: bool = False
+    """Rebuild the layers and verify again even when their tags exist."""
+    verify: bool = True
+
+
+@dataclass
+class BuildResult:
+    source: str
+    tag: str | None = None
+    entry: ManifestEntry | None = None
+    error: ImageBuildError | None = None
+    cached: bool = False
+    """Nothing was built or run: every layer and the manifest entry already existed."""
+    build_s: float = 0.0
+    log: str = ""
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.entry is not None and self.entry.executable
+
+
+def build_images(sources: list[str], options: BuildOptions | None = None, jobs: int = 2,
+                 on_stage: StageCallback | None = None) -> list[BuildResult]:
+    """Build every source, `jobs` at a time; results come back in the order of `sources`."""
+    options = options or BuildOptions()
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="forager-build") as pool:
+        return list(pool.map(lambda s: build_image(s, options, on_stage), sources))
+
+
+def build_image(source: str | ImageSpec, options: BuildOptions | None = None,
+                on_stage: StageCallback | None = None) -> BuildResult:
+    """Build (or find) one image and verify it; a failure is a result with `error`, never an exception."""
+    options = options or BuildOptions()
+    spec = source if isinstance(source, ImageSpec) else None
+    text = spec.source if spec else str(source)
+    log_path = _log_path(text)
+    build = _Build(text, options, log_path, on_stage or (lambda *_: None))
+    result = BuildResult(text, log=str(log_path))
+    started = time.monotonic()
+    try:
+        build.run(spec, result)
+    except ImageBuildError as err:
+        if not err.log_path:
+            err = ImageBuildError(err.stage, err.reason, log_path, err.detail)
+        result.error = err
+    except (ForagerError, docker.errors.DockerException, OSError) as err:
+        result.error = ImageBuildError(build.stage, f"{type(err).__name__}: {err}", log_path)
+        build.log(traceback.format_exc())
+    finally:
+        result.build_s = time.monotonic() - started
+        result.stage_s = build.stage_s
+        if result.error:
+            build.log(f"FAILED at {result.error.stage}: {result.error.reason}")
+            build.notify("failed", f"{result.error.stage}: {result.error.reason}")
+        else:
+            build.notify("cached" if result.cached else "done", result.tag or "")
+        build.close()
+    return result
+
+
+class _Build:
+    """One build's state: its log file, its current stage and the stage timings."""
+
+    def __init__(self, source: str, options: BuildOptions, log_path: Path, on_stage: StageCallback) -> None:
+        self.source, self.options, self.on_stage = source, options, on_stage
+        self.log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.stage = "fetch"
+        self.stage_s: dict[str, float] = {}
+        self._stage_start = time.monotonic()
+
+    def log(self, message: str) -> None:
+        if message:
+            self.log_file.write(message if message.endswith("\n") else message + "\n")
+            self.log_file.flush()
+
+    def notify(self, stage: str, detail: str = "") -> None:
+        self.on_stage(self.source, stage, detail)
+
+    def enter(self, stage: str, detail: str = "") -> None:
+        now = time.monotonic()
+        self.stage_s[self.stage] = round(self.stage_s.get(self.stage, 0.0) + now - self._stage_start, 3)
+        self.stage, self._stage_start = stage, now
+        self.log(f"\n== {stage} {detail} ({datetime.now(timezone.utc).isoformat(timespec='seconds')})")
+        self.notify(stage, detail)
+
+    def close(self) -> None:
+        self.stage_s[self.stage] = round(self.stage_s.get(self.stage, 0.0) + time.monotonic() - self._stage_start, 3)
+        self.stage_s.pop("manifest", None)
+        self.log_file.close()
+
+    # -- the pipeline ------------------------------------------------------------------------------
+    def run(self, spec: ImageSpec | None, result: BuildResult) -> None:
+        self.enter("fetch", self.source)
+        spec = spec or parse_source(self.source)
+        client = docker.from_env(timeout=600)
+        try:
+            self._run(spec, client, result)
+        finally:
+            client.close()
+
+    def _run(self, spec: ImageSpec, client: docker.DockerClient, result: BuildResult) -> None:
+        fetched = fetch_source(spec, self.log)
+        self.log(f"source {fetched.description} -> {fetched.root} at {fetched.commit}")
+
+        self.enter("detect")
+        plan = detect_install(fetched.root)
+        name = normalize_name(spec.name or plan.name or fetched.name or fetched.root.name)
+        recipe, recipe_path = (spec.recipe, spec.recipe_path) if spec.recipe else recipe_for(name, self.options.recipe)
+        recipe = recipe or Recipe()
+        if recipe_path:
+            self.log(f"recipe {recipe_path}: {recipe.model_dump(exclude_defaults=True)}")
+        version = recipe.version or spec.version or plan.version or fetched.version
+        if recipe.extras is not None:
+            plan.extras = list(recipe.extras)
+        self.log("install plan: " + plan.model_dump_json(indent=1))
+        if not plan.has_tests and not recipe.test_command:
+            raise ImageBuildError("detect", "no tests collected: the source has no test files (test_*.py, *_test.py); "
+                                  "a source release may leave them out: build from the git repository instead")
+        base = recipe.base or self.options.base
+        base_id, target = _probe_base(client, base)
+        if recipe.python and recipe.python != target.python:
+            raise ImageBuildError("detect", f"the recipe asks for Python {recipe.python}, but {base} has "
+                                  f"{target.python}: set `base` to an image with that Python, or drop `python`")
+        build_env = {"SETUPTOOLS_SCM_PRETEND_VERSION": version} if plan.vcs_version and version else {}
+        build_env.update(recipe.env)
+
+        self.enter("resolve")
+        lock = resolve_lock(fetched.root, fetched.commit, plan, target, recipe.requirements, self.log,
+                            replace_requirements=recipe.replace_requirements, env=build_env)
+        self.log("lock:\n  " + "\n  ".join(lock.pins))
+
+        # A layer's tag hashes what it is made from: its parent, its script and the files copied in.
+        env_script = _env_script(recipe, online=self.options.online)
+        env_tag = f"{ENV_REPOSITORY}:" + _digest({"base": base_id, "pins": lock.pins, "script": env_script})
+        repo_script = _repo_script(recipe, build_env)
+        tag = f"{REPO_PREFIX}{name}:" + _digest({"env": env_tag, "commit": fetched.commit, "script": repo_script,
+                                                 "env_vars": build_env})
+        result.tag = tag
+        test_command = _test_command(recipe)
+        labels = {"forager": "1", "forager.name": name, "forager.version": version or "",
+                  "forager.source": spec.source, "forager.source_kind": spec.kind,
+                  "forager.base_commit": fetched.commit, "forager.python": target.python, "forager.base": base,
+                  "forager.env": env_tag, "forager.test_command": test_command}
+
+        with _tag_lock(tag):
+            repo_cached = _exists(client, tag) and not self.options.force
+            if not repo_cached:
+                with _tag_lock(env_tag):
+                    if not _exists(client, env_tag) or self.options.force:
+                        wheels = None
+                        if not self.options.online:
+                            self.enter("wheelhouse", f"{len(lock.pins)} packages")
+                            wheels = ensure_lock_wheelhouse(lock, target, self.log, build_env)
+                        self.enter("env", env_tag)
+                        self._env_layer(client, base, env_tag, env_script, lock, wheels, recipe, target)
+                self.enter("repo", tag)
+                self._repo_layer(client, env_tag, tag, repo_script, fetched, build_env, labels)
+        min_share = recipe.min_pass_share if recipe.min_pass_share is not None else self.options.min_pass_share
+        previous = Manifest().get(tag)
+        if repo_cached and previous and previous.test_command.startswith(test_command) \
+                and (previous.min_pass_share == min_share or not self.options.verify):
+            self.log(f"{tag}: the image and its manifest entry exist; nothing to do")
+            result.cached, result.entry = True, previous
+            self._raise_if_not_executable(previous)
+            return
+        if not self.options.verify:
+            return
+        self.enter("collect", tag)
+        timeout = recipe.test_timeout or self.options.test_timeout
+        verification = verify_image(tag, test_command, min_pass_share=min_share, timeout=timeout, client=client,
+                                    log=self.log, on_run=lambda n: self.enter("verify", f"{n} tests"))
+        self.log(verification.log[-20000:])
+        self.enter("manifest")
+        entry = _entry(client, tag, labels, verification, min_share, self.log_file.name)
+        entry.requirements = lock.pins
+        entry.notes = [*plan.notes, *lock.notes, f"source: {fetched.description}"]
+        entry.stage_s = {k: v for k, v in self.stage_s.items() if k != "manifest"}
+        entry.build_s = round(sum(entry.stage_s.values()), 2)
+        Manifest().put(entry)
+        result.entry = entry
+        self._raise_if_not_executable(entry)
+
+    def _raise_if_not_executable(self, entry: ManifestEntry) -> None:
+        if not entry.executable and entry.failure:
+            stage, _, reason = entry.failure.partition(": ")
+            raise ImageBuildError(stage, reason, entry.log)
+
+    # -- layers --------------------------------------------------------------------------------------
+    def _env_layer(self, client, base: str, tag: str, script: str, lock: Lock, wheels: Path | None, recipe: Recipe,
+                   target: Target) -> None:
+        files = {"/tmp": [("wheelhouse", wheels, 0)]} if wheels is not None else \
+            {"/tmp": [("requirements.txt", "\n".join(lock.pins) + "\n", 0)]}
+        network = bool(recipe.system_packages) or self.options.online
+        labels = {"forager": "1", "forager.kind": "env", "forager.python": target.python, "forager.base": base}
+        changes = [f"ENV PATH={VENV}/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+                   f"ENV VIRTUAL_ENV={VENV}", 'CMD ["bash"]']
+        self._commit_layer(client, base, tag, script, files, changes, labels, network, "env")
+
+    def _repo_layer(self, client, env_tag: str, tag: str, script: str, fetched: FetchedSource,
+                    build_env: dict[str, str], labels: dict[str, str]) -> None:
+        files = {"/": [("repo", fetched.root, UID)]}
+        changes = [*(f"ENV {k}={json.dumps(v)}" for k, v in build_env.items()), f"USER {USER}", f"WORKDIR {WORKDIR}",
+                   'CMD ["bash"]']
+        self._commit_layer(client, env_tag, tag, script, files, changes, {**labels, "forager.kind": "repo"},
+                           False, "repo")
+
+    def _commit_layer(self, client, image: str, tag: str, script: str, files: dict, changes: list[str],
+                      labels: dict[str, str], network: bool, stage: str) -> None:
+        """Run `script` as root in a container from `image` with `files` copied in, and commit it as `tag`."""
+        self.log(f"$ bash -c (in {image}, network {'on' if network else 'off'}):\n{script}")
+        # The build container names its owner, so `forager gc` removes it if this process dies.
+        container = client.containers.create(
+            image, ["bash", "-c", script], user="0", labels={**labels, **owner_labels()}, working_dir="/",
+            network_mode="bridge" if network else "none", entrypoint=[],
+        )
+        try:
+            for dest, entries in files.items():
+                container.put_archive(dest, _tar(entries))
+            container.start()
+            timer = threading.Timer(self.options.layer_timeout, lambda: _kill(container))
+            timer.start()
+            try:
+                for chunk in container.logs(stream=True, follow=True):
+                    self.log_file.write(chunk.decode("utf-8", "replace"))
+                self.log_file.flush()
+                status = container.wait()
+            finally:
+                timer.cancel()
+            code = status.get("StatusCode")
+            if code != 0:
+                output = container.logs().decode("utf-8", "replace")
+                reason = _install_failure(output, code, self.options.layer_timeout)
+                raise ImageBuildError(stage, f"install error: {reason}", self.log_file.name, output[-2500:])
+            repository, _, version = tag.partition(":")
+            # A commit keeps the container's labels: blank the owner out, or every container of the
+            # image would name this (soon dead) build process as its owner.
+            blank_owner = "LABEL " + " ".join(f'{key}=""' for key in owner_labels() if key != "forager")
+            container.commit(repository=repository, tag=version, changes=[*changes, blank_owner],
+                             message=f"forager {stage} layer", author="forager")
+            self.log(f"committed {tag}")
+        finally:
+            try:
+                container.remove(force=True)
+            except docker.errors.DockerException:
+                pass
+
+
+def verify_tag(tag: str, min_pass_share: float | None = None, timeout: float = 900.0, log=print) -> ManifestEntry:
+    """Verify an existing image again (collect, run the suite) and update its manifest entry."""
+    client = docker.from_env(timeout=600)
+    try:
+        try:
+            labels = client.images.get(tag).labels or {}
+        except docker.errors.ImageNotFound as err:
+            raise ForagerError(f"no image {tag!r} on this Docker engine; `forager images list` shows the built ones") \
+                from err
+        previous = Manifest().get(tag)
+        share = min_pass_share if min_pass_share is not None else previous.min_pass_share if previous else 0.8
+        command = labels.get("forager.test_command") or DEFAULT_TEST_COMMAND
+        verification = verify_image(tag, command, min_pass_share=share, timeout=timeout, client=client, log=log)
+        entry = _entry(client, tag, labels, verification, share, previous.log if previous else "")
+        if previous:
+            entry.requirements, entry.notes = previous.requirements, previous.notes
+            entry.build_s, entry.stage_s = previous.build_s, previous.stage_s
+        Manifest().put(entry)
+        return entry
+    finally:
+        client.close()
+
+
+def _entry(client, tag: str, labels: dict[str, str], verification, min_share: float, log: str) -> ManifestEntry:
+    image = client.images.get(tag)
+    return ManifestEntry(
+        tag=tag, name=labels.get("forager.name") or tag.split(":")[0].rsplit("/", 1)[-1],
+        version=labels.get("forager.version") or None, source=labels.get("forager.source", tag),
+        source_kind=labels.get("forager.source_kind", "image"), commit=labels.get("forager.base_commit", ""),
+        python=labels.get("forager.python", ""), workdir=WORKDIR, test_command=verification.test_command,
+        env_image=labels.get("forager.env", ""), base_image=labels.get("forager.base", ""),
+        tests=verification.tests, baseline=verification.baseline, collected=len(verification.tests),
+        passed=verification.passed, failed=verification.failed, skipped=verification.skipped,
+        pass_share=round(verification.pass_share, 4), min_pass_share=min_share,
+        executable=verification.failure is None,
+        failure=f"{verification.failure_stage}: {verification.failure}" if verification.failure else None,
+        collection_errors=verification.collection_errors, suite_duration_s=round(verification.duration_s, 2),
+        image_size=int(image.attrs.get("Size", 0)), log=log,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+# -- layer scripts (run as root; what they say is part of the layer's tag) ------------------------------
+def _env_script(recipe: Recipe, online: bool) -> str:
+    pip = f"{VENV}/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps"
+    lines = ["set -eux", f"id -u {USER} >/dev/null 2>&1 || useradd --create-home --uid {UID} --shell /bin/bash {USER}"]
+    if recipe.system_packages:
+        lines += ["apt-get update -qq",
+                  "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+                  + " ".join(_shell_quote(p) for p in recipe.system_packages), "rm -rf /var/lib/apt/lists/*"]
+    lines.append(f"python3 -m venv {VENV}")
+    if online:  # the locked pins, from the index the image can reach
+        lines.append(f"{pip} -r /tmp/requirements.txt && rm -f /tmp/requirements.txt")
+    else:  # offline: the host's wheelhouse, no index
+        lines += [f"{pip} --no-index --find-links /tmp/wheelhouse -r /tmp/wheelhouse/requirements.txt",
+                  "rm -rf /tmp/wheelhouse"]
+    lines += [f"git config --system user.name {USER}", f"git config --system user.email {USER}@localhost",
+              "git config --system --add safe.directory '*'", "git config --system init.defaultBranch main"]
+    return "\n".join(lines)
+
+
+def _repo_script(recipe: Recipe, build_env: dict[str, str]) -> str:
+    # --use-pep517: a setup.py-only project goes through setuptools' PEP 660 hook too, not `setup.py
+    # develop` (which newer setuptools turns into a pip call that wants an index).
+    install = recipe.install or (f"{VENV}/bin/python -m pip install --no-index --no-deps --no-build-isolation "
+                                 "--use-pep517 --disable-pip-version-check -e .")
+    return "\n".join([
+        "set -eux", *(f"export {k}={_shell_quote(v)}" for k, v in build_env.items()), f"cd {WORKDIR}",
+        f"printf '%s\\n' {' '.join(_shell_quote(p) for p in GIT_EXCLUDES)} >> .git/info/exclude",
+        *recipe.pre_install, install,
+        # The commit's files stay as they were (tasks diff against it): files the install rewrote
+        # (a setuptools-scm `_version.py`) go back to the committed text.
+        "changed=$(git diff --name-only)",
+        'if [ -n "$changed" ]; then echo "restoring files the install rewrote: $changed"; git checkout -- .; fi',
+        f"chown -R {USER}:{USER} {WORKDIR}",
+    ])
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+_tag_locks: dict[str, threading.Lock] = {}
+_tag_locks_guard = threading.Lock()
+_probe_cache: dict[str, tuple[str, Target]] = {}
+
+
+def _tag_lock(tag: str) -> threading.Lock:
+    """One build of a tag at a time in this process (two projects with one lock share an env layer)."""
+    with _tag_locks_guard:
+        return _tag_locks.setdefault(tag, threading.Lock())
+
+
+def _probe_base(client, base: str) -> tuple[str, Target]:
+    """The base image's id, Python version, machine and glibc (cached by image id)."""
+    try:
+        image = client.images.get(base)
+    except docker.errors.ImageNotFound as err:
+        raise ImageBuildError("detect", f"no base image {base}: build it with `forager images bootstrap`") from err
+    if image.id in _probe_cache:
+        return _probe_cache[image.id]
+    cache = forager_home() / "images" / "bases" / f"{image.id.replace(':', '-')}.json"
+    if cache.is_file():
+        info = json.loads(cache.read_text())
+    else:
+        out = client.containers.run(
+            image.id, ["python3", "-c", "import json, platform, sys; print(json.dumps({'python': '%d.%d' % "
+                       "sys.version_info[:2], 'machine': platform.machine(), 'glibc': platform.libc_ver()[1]}))"],
+            remove=True, network_mode="none", user="0", entrypoint=[],
+        )
+        info = json.loads(out.decode().strip().splitlines()[-1])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(info))
+    probe = (image.id, Target(info["python"], info["machine"], info["glibc"] or "2.17"))
+    _probe_cache[image.id] = probe
+    return probe
+
+
+def _test_command(recipe: Recipe) -> str:
+    command = recipe.test_command or DEFAULT_TEST_COMMAND
+    for item in recipe.ignore_tests:
+        command += f" --deselect={_shell_quote(item)}" if "::" in item else f" --ignore={_shell_quote(item)}"
+    return command
+
+
+def _tar(entries: list[tuple[str, Path | str, int]]) -> bytes:
+    """A tar of (name, directory or text, owner uid) entries; owners are set here, not by a chown layer."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content, uid in entries:
+            def owned(info: tarfile.TarInfo, uid: int = uid) -> tarfile.TarInfo:
+                info.uid = info.gid = uid
+                info.uname = info.gname = ""
+                return info
+            if isinstance(content, Path):
+                tar.add(content, arcname=name, filter=owned)
+            else:
+                data = content.encode()
+                info = owned(tarfile.TarInfo(name))
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _install_failure(output: str, code: int | None, timeout: float) -> str:
+    if code in (137, -9):
+        return f"the step was killed (timed out after {timeout:g}s, or out of memory)"
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    # pip's own verdict first, then any error line, then the last line
+    for pattern in (r"ERROR: (?!Exception)", r"(E:|fatal:|error:|\w+Error:)"):
+        found = [line for line in lines if re.match(pattern, line) and "subprocess-exited-with-error" not in line]
+        if found:
+            return f"the step exited with {code}: {found[-1][:400]}"
+    return f"the step exited with {code}: {(lines or [''])[-1][:400]}"
+
+
+def _kill(container) -> None:
+    try:
+        container.kill()
+    except docker.errors.DockerException:
+        pass
+
+
+def _exists(client, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _shell_quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+def _log_path(source: str) -> Path:
+    directory = forager_home() / "logs" / "images"
+    directory.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", source.strip("/"))[-60:] or "image"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return directory / f"{stamp}-{slug}-{hashlib.sha256(f'{time.time_ns()}{source}'.encode()).hexdigest()[:6]}.log"
+
+
+__all__ = ["BuildOptions", "BuildResult", "InstallPlan", "build_image", "build_images", "verify_tag"]

@@ -1,0 +1,447 @@
+"""An install plan read from a project's files: build backend, test extras and requirements, pytest plugins.
+
+Nothing here runs the project's code: `setup.py` is read as an AST, tox and nox files as text. What
+cannot be known statically (dependencies computed in `setup.py`) is left to pip, which resolves the
+project directory itself on the host.
+"""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import re
+from pathlib import Path
+
+import tomllib
+from pydantic import BaseModel, Field
+
+TEST_NAMES = ("test", "tests", "testing")
+DEV_NAMES = ("dev", "develop", "development")
+LEGACY_BACKEND = "setuptools.build_meta:__legacy__"
+# Build requirements that take the version from version control: they need a pretend version when
+# the repository has no tags.
+VCS_VERSIONING = ("setuptools-scm", "hatch-vcs", "setuptools-git-versioning", "versioningit", "dunamai",
+                  "poetry-dynamic-versioning", "pdm-backend", "versioneer")
+# Development tools that requirement files and dev groups list but no test needs.
+NOT_FOR_TESTS = re.compile(
+    r"^(tox|nox|pre-commit|sphinx.*|furo|myst-parser|twine|build|black|ruff|flake8.*|pylint|isort|mypy|pyright|"
+    r"codecov|towncrier|check-manifest|bump2?version|ipython|ipdb|jupyter.*|readme-renderer|pip-tools|"
+    r"docutils|restructuredtext-lint|pyroma|zest\.releaser|wheel|setuptools|coveralls|pydocstyle|doc8)$"
+)
+EDITABLE_REQUIRES = {"setuptools": "wheel", "hatchling": "editables"}
+# pytest options (from addopts) and the plugins that provide them.
+ADDOPT_PLUGINS = {
+    "--cov": "pytest-cov", "--no-cov": "pytest-cov", "-n": "pytest-xdist", "--numprocesses": "pytest-xdist",
+    "--dist": "pytest-xdist", "--timeout": "pytest-timeout", "--benchmark": "pytest-benchmark",
+    "--hypothesis": "hypothesis", "--mypy": "pytest-mypy", "--reruns": "pytest-rerunfailures",
+    "--forked": "pytest-forked", "--randomly": "pytest-randomly", "--doctest-rst": "pytest-doctestplus",
+    "--doctest-plus": "pytest-doctestplus", "--asyncio-mode": "pytest-asyncio",
+}
+INI_PLUGINS = {"asyncio_mode": "pytest-asyncio", "timeout": "pytest-timeout",
+               "mock_use_standalone_module": "pytest-mock",
+               "django_find_project": "pytest-django", "DJANGO_SETTINGS_MODULE": "pytest-django"}
+
+
+class InstallPlan(BaseModel):
+    """How to install a project and its tests' requirements; `notes` say where each choice came from."""
+
+    name: str | None = None
+    version: str | None = None
+    """The version the files state (pyproject, setup.cfg, setup.py, an sdist's PKG-INFO)."""
+    build_backend: str = LEGACY_BACKEND
+    build_requires: list[str] = Field(default_factory=lambda: ["setuptools>=64", "wheel"])
+    requires_python: str | None = None
+    dependencies: list[str] | None = None
+    """The project's own requirements when declared statically (None: only its build can tell)."""
+    extras: list[str] = Field(default_factory=list)
+    """Test extras of the project to install (`.[test]`)."""
+    test_requirements: list[str] = Field(default_factory=list)
+    """From dependency groups, requirement files, tox, nox, Poetry/Hatch/PDM dev settings, pytest addopts."""
+    vcs_version: bool = False
+    """The build takes its version from git tags (setuptools-scm, hatch-vcs, ...)."""
+    has_tests: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+def detect_install(root: Path) -> InstallPlan:
+    """Read `root`'s packaging and test files into an install plan."""
+    plan = InstallPlan()
+    extras_available: set[str] = set()
+    pyproject = _toml(root / "pyproject.toml")
+    setup_cfg = _ini(root / "setup.cfg")
+    setup_py = _setup_py_keywords(root / "setup.py")
+
+    if pyproject is not None:
+        build = pyproject.get("build-system", {})
+        if build.get("requires") is not None:
+            plan.build_requires = list(build["requires"])
+        plan.build_backend = build.get("build-backend") or LEGACY_BACKEND
+        plan.notes.append(f"build backend {plan.build_backend} (pyproject.toml)")
+        project = pyproject.get("project", {})
+        plan.name = project.get("name")
+        plan.version = project.get("version")
+        plan.requires_python = project.get("requires-python")
+        if "dependencies" not in project.get("dynamic", []) and "name" in project:
+            plan.dependencies = list(project.get("dependencies", []))
+        extras_available |= set(project.get("optional-dependencies", {}))
+    else:
+        plan.notes.append("no pyproject.toml: setuptools' legacy backend")
+    if setup_cfg is not None:
+        plan.name = plan.name or setup_cfg.get("metadata", "name", fallback=None)
+        plan.version = plan.version or _literal_version(setup_cfg.get("metadata", "version", fallback=None))
+        plan.requires_python = plan.requires_python or setup_cfg.get("options", "python_requires", fallback=None)
+        if setup_cfg.has_section("options.extras_require"):
+            extras_available |= set(setup_cfg.options("options.extras_require"))
+        if setup_cfg.has_option("options", "install_requires") and plan.dependencies is None and pyproject is None:
+            plan.dependencies = _lines(setup_cfg.get("options", "install_requires"))
+        if setup_cfg.has_option("options", "setup_requires"):
+            plan.build_requires += _lines(setup_cfg.get("options", "setup_requires"))
+        for key in ("tests_require",):
+            if setup_cfg.has_option("options", key):
+                _add(plan, _lines(setup_cfg.get("options", key)), "setup.cfg tests_require")
+    if setup_py is not None:
+        plan.name = plan.name or _str(setup_py.get("name"))
+        plan.version = plan.version or _str(setup_py.get("version"))
+        plan.requires_python = plan.requires_python or _str(setup_py.get("python_requires"))
+        extras = setup_py.get("extras_require")
+        if isinstance(extras, dict):
+            extras_available |= {k for k in extras if isinstance(k, str)}
+        if isinstance(setup_py.get("tests_require"), list):
+            _add(plan, [r for r in setup_py["tests_require"] if isinstance(r, str)], "setup.py tests_require")
+        if isinstance(setup_py.get("setup_requires"), list):
+            plan.build_requires += [r for r in setup_py["setup_requires"] if isinstance(r, str)]
+        if setup_py.get("use_scm_version"):
+            plan.vcs_version = True
+            plan.build_requires.append("setuptools-scm")
+    plan.version = plan.version or _pkg_info_version(root / "PKG-INFO")
+
+    chosen = _pick(extras_available)
+    if chosen:
+        plan.extras = chosen
+        plan.notes.append(f"extras {', '.join(chosen)} (of {', '.join(sorted(extras_available))})")
+    if pyproject is not None:
+        _tool_requirements(plan, pyproject)
+    _requirement_files(plan, root)
+    _tox(plan, root, setup_cfg, pyproject)
+    _nox(plan, root)
+    _pytest_plugins(plan, root, setup_cfg, pyproject)
+
+    plan.vcs_version = plan.vcs_version or any(_req_name(r) in VCS_VERSIONING for r in plan.build_requires)
+    # What a backend's get_requires_for_build_editable adds: with --no-build-isolation nobody installs it.
+    for backend, needed in EDITABLE_REQUIRES.items():
+        if plan.build_backend.startswith(backend) and not any(_req_name(r) == needed for r in plan.build_requires):
+            plan.build_requires.append(needed)
+    own = _req_name(plan.name or "")
+    plan.test_requirements = _dedupe(r for r in plan.test_requirements if _req_name(r) != own)
+    if not any(_req_name(r) == "pytest" for r in plan.test_requirements):
+        plan.test_requirements.append("pytest")
+    plan.build_requires = _dedupe(plan.build_requires)
+    plan.has_tests = _has_tests(root)
+    return plan
+
+
+# -- sources of test requirements ----------------------------------------------------------------------
+def _tool_requirements(plan: InstallPlan, pyproject: dict) -> None:
+    groups = pyproject.get("dependency-groups", {})
+    for name in _pick(set(groups)):
+        _add(plan, _expand_group(groups, name, set()), f"[dependency-groups] {name}", filter_tools=True)
+    tool = pyproject.get("tool", {})
+    poetry = tool.get("poetry", {})
+    poetry_groups = poetry.get("group", {})
+    for name in _pick(set(poetry_groups)):
+        deps = poetry_groups[name].get("dependencies", {})
+        _add(plan, [_poetry_req(k, v) for k, v in deps.items() if k != "python"], f"poetry group {name}", True)
+    if not poetry_groups and isinstance(poetry.get("dev-dependencies"), dict):
+        deps = poetry["dev-dependencies"]
+        _add(plan, [_poetry_req(k, v) for k, v in deps.items() if k != "python"], "poetry dev-dependencies", True)
+    if plan.dependencies is None and isinstance(poetry.get("dependencies"), dict):
+        plan.dependencies = [_poetry_req(k, v) for k, v in poetry["dependencies"].items() if k != "python"]
+    pdm = tool.get("pdm", {}).get("dev-dependencies", {})
+    for name in _pick(set(pdm)):
+        _add(plan, list(pdm[name]), f"pdm dev-dependencies {name}", True)
+    envs = tool.get("hatch", {}).get("envs", {})
+    for name in [n for n in ("hatch-test", "test", "tests", "default") if n in envs][:1]:
+        env = envs[name]
+        _add(plan, list(env.get("dependencies", [])) + list(env.get("extra-dependencies", [])),
+             f"hatch env {name}", True)
+        _extras(plan, env.get("features", []), f"hatch env {name}")
+
+
+def _expand_group(groups: dict, name: str, seen: set[str]) -> list[str]:
+    if name in seen:
+        return []
+    seen.add(name)
+    out: list[str] = []
+    for item in groups.get(name, []):
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict) and "include-group" in item:
+            out += _expand_group(groups, item["include-group"], seen)
+    return out
+
+
+def _requirement_files(plan: InstallPlan, root: Path) -> None:
+    candidates = sorted({*root.glob("*requirements*.txt"), *root.glob("requirements/*.txt"),
+                         *root.glob("requirements/*.in"), *root.glob("*requirements*.in"),
+                         *root.glob("test*/requirements*.txt"), *root.glob("ci/requirements*.txt")})
+    by_kind: dict[str, list[Path]] = {"test": [], "dev": [], "runtime": []}
+    for path in candidates:
+        if path.suffix == ".in" and path.with_suffix(".txt").exists():
+            continue
+        rel = str(path.relative_to(root)).lower()
+        if re.search(r"doc|lint|release|packag|typing|mypy|style|bench|publish|upload", rel):
+            continue
+        kind = "test" if "test" in rel else "dev" if "dev" in rel else "runtime" if path.name == "requirements.txt" \
+            else None
+        if kind:
+            by_kind[kind].append(path)
+    for kind in ("test", "dev"):
+        if by_kind[kind]:
+            for path in by_kind[kind]:
+                _add(plan, _read_requirements(path, root), str(path.relative_to(root)), filter_tools=True)
+            break
+    if plan.dependencies is None:
+        for path in by_kind["runtime"]:
+            _add(plan, _read_requirements(path, root), str(path.relative_to(root)), filter_tools=True)
+
+
+def _read_requirements(path: Path, root: Path, depth: int = 0) -> list[str]:
+    """Requirement lines of a pip requirements file; `-r` includes followed, editable and local lines skipped."""
+    out: list[str] = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for raw in text.splitlines():
+        line = raw.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("-r", "--requirement")) and depth < 5:
+            target = line.split(None, 1)[1] if " " in line else line[2:]
+            target = target.replace("{toxinidir}/", "").strip()
+            out += _read_requirements((path.parent / target), root, depth + 1)
+            continue
+        if line.startswith("-") or line.startswith(".") or "://" in line or line.startswith("/"):
+            continue
+        out.append(line.split(";")[0].strip() + (";" + line.split(";", 1)[1] if ";" in line else ""))
+    return out
+
+
+def _tox(plan: InstallPlan, root: Path, setup_cfg: configparser.ConfigParser | None, pyproject: dict | None) -> None:
+    config = _ini(root / "tox.ini")
+    where = "tox.ini"
+    if config is None and setup_cfg is not None and setup_cfg.has_section("testenv"):
+        config, where = setup_cfg, "setup.cfg [testenv]"
+    legacy = ((pyproject or {}).get("tool", {}).get("tox", {}) or {}).get("legacy_tox_ini")
+    if config is None and isinstance(legacy, str):
+        config = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            config.read_string(legacy)
+        except configparser.Error:
+            return
+        where = "pyproject.toml legacy_tox_ini"
+    if config is None or not config.has_section("testenv"):
+        return
+    deps = []
+    for line in _lines(config.get("testenv", "deps", fallback="")):
+        if line.startswith(("-r", "-c")):
+            target = re.sub(r"^-[rc]\s*", "", line).replace("{toxinidir}/", "").replace("{toxinidir}", ".")
+            if line.startswith("-r") and "{" not in target:
+                deps += _read_requirements(root / target, root)
+        elif "{" not in line and not line.startswith("-"):
+            deps.append(re.sub(r"^[\w,.-]+:\s*", "", line) if re.match(r"^[\w,.-]+:\s", line) else line)
+    _add(plan, deps, f"{where} deps", filter_tools=True)
+    _extras(plan, _lines(config.get("testenv", "extras", fallback="").replace(",", "\n")), where)
+
+
+def _nox(plan: InstallPlan, root: Path) -> None:
+    path = root / "noxfile.py"
+    if not path.is_file():
+        return
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except SyntaxError:
+        return
+    reqs: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "install":
+            words = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            skip_next = False
+            for i, word in enumerate(words):
+                if skip_next:
+                    skip_next = False
+                    continue
+                if word in ("-r", "--requirement") and i + 1 < len(words):
+                    reqs += _read_requirements(root / words[i + 1], root)
+                    skip_next = True
+                elif match := re.fullmatch(r"(?:-e\s*)?\.\[([\w,\s-]+)\]", word):
+                    _extras(plan, [e.strip() for e in match[1].split(",")], "noxfile.py")
+                elif not word.startswith(("-", ".")):
+                    reqs.append(word)
+    _add(plan, reqs, "noxfile.py", filter_tools=True)
+
+
+def _pytest_plugins(plan: InstallPlan, root: Path, setup_cfg, pyproject) -> None:
+    """Plugins that the pytest configuration needs to even start (addopts, required_plugins, ini keys)."""
+    settings: dict[str, str] = {}
+    for path, section in ((root / "pytest.ini", "pytest"), (root / "tox.ini", "pytest")):
+        config = _ini(path)
+        if config is not None and config.has_section(section):
+            settings.update(config.items(section))
+    if setup_cfg is not None and setup_cfg.has_section("tool:pytest"):
+        settings.update(setup_cfg.items("tool:pytest"))
+    ini = ((pyproject or {}).get("tool", {}).get("pytest", {}) or {})
+    for key, value in {**ini, **(ini.get("ini_options") or {})}.items():
+        if key != "ini_options":
+            settings[key] = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    needed = []
+    for option in settings.get("addopts", "").split():
+        plugin = ADDOPT_PLUGINS.get(option.split("=")[0]) or next(
+            (p for o, p in ADDOPT_PLUGINS.items() if o.startswith("--") and option.startswith(o + "-")), None)
+        if plugin:
+            needed.append(plugin)
+    needed += [p for p in settings.get("required_plugins", "").split() if p]
+    needed += [plugin for key, plugin in INI_PLUGINS.items() if key in settings]
+    have = {_req_name(r) for r in plan.test_requirements}
+    missing = [p for p in _dedupe(needed) if _req_name(p) not in have]
+    if missing:
+        _add(plan, missing, "the pytest configuration")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _pick(names: set[str]) -> list[str]:
+    """Every test-named entry, or the dev-named ones when there is none."""
+    for wanted in (TEST_NAMES, DEV_NAMES):
+        found = [n for n in sorted(names) if n.lower() in wanted]
+        if found:
+            return found
+    return []
+
+
+def _extras(plan: InstallPlan, extras, where: str) -> None:
+    new = [e for e in extras if e and e not in plan.extras]
+    if new:
+        plan.extras += new
+        plan.notes.append(f"extras {', '.join(new)} ({where})")
+
+
+def _add(plan: InstallPlan, reqs: list[str], where: str, filter_tools: bool = False) -> None:
+    kept = [r.strip() for r in reqs if isinstance(r, str) and r.strip()
+            and not (filter_tools and NOT_FOR_TESTS.match(_req_name(r)))]
+    if kept:
+        plan.test_requirements += kept
+        plan.notes.append(f"{len(kept)} test requirement(s) from {where}")
+
+
+def _req_name(requirement: str) -> str:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", match[1]).lower() if match else ""
+
+
+def _poetry_req(name: str, spec) -> str:
+    # Poetry's caret/tilde constraints have no PEP 508 spelling worth reproducing here: the name is
+    # enough for a test environment, and pip's resolver picks a version compatible with the rest.
+    extras = spec.get("extras") if isinstance(spec, dict) else None
+    return f"{name}[{','.join(extras)}]" if extras else name
+
+
+def _dedupe(items) -> list[str]:
+    seen: dict[str, str] = {}
+    for item in items:
+        seen.setdefault(item.strip(), item.strip())
+    return list(seen)
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def _toml(path: Path) -> dict | None:
+    try:
+        return tomllib.loads(path.read_text(errors="replace")) if path.is_file() else None
+    except tomllib.TOMLDecodeError:
+        return None
+
+
+def _ini(path: Path) -> configparser.ConfigParser | None:
+    if not path.is_file():
+        return None
+    config = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        config.read(path)
+    except (configparser.Error, UnicodeDecodeError):
+        return None
+    return config
+
+
+def _literal_version(value: str | None) -> str | None:
+    return value if value and re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", value) else None
+
+
+def _str(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _pkg_info_version(path: Path) -> str | None:
+    try:
+        match = re.search(r"(?m)^Version:\s*(\S+)", path.read_text(errors="replace"))
+    except OSError:
+        return None
+    return match[1] if match else None
+
+
+def _setup_py_keywords(path: Path) -> dict | None:
+    """The literal keyword arguments of `setup(...)` in setup.py (names bound at module level resolved)."""
+    if not path.is_file():
+        return None
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except SyntaxError:
+        return {}
+    names: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                names[node.targets[0].id] = _literal(node.value, names)
+            except (ValueError, TypeError):
+                pass
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "setup":
+            out: dict[str, object] = {}
+            for keyword in node.keywords:
+                if keyword.arg is None:
+                    continue
+                try:
+                    out[keyword.arg] = _literal(keyword.value, names)
+                except (ValueError, TypeError):
+                    out[keyword.arg] = True if keyword.arg == "use_scm_version" else None
+            return out
+    return {}
+
+
+def _literal(node: ast.AST, names: dict[str, object]) -> object:
+    """A literal, with module-level names and list concatenation resolved; ValueError for anything computed."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return [_literal(e, names) for e in node.elts]
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal(k, names): _literal(v, names)  # type: ignore[arg-type]
+                for k, v in zip(node.keys, node.values, strict=True)}
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _literal(node.left, names), _literal(node.right, names)
+        if isinstance(left, list) and isinstance(right, list):
+            return left + right
+    raise ValueError(ast.dump(node)[:80])
+
+
+def _has_tests(root: Path) -> bool:
+    skip = {".git", "node_modules", ".tox", ".nox", "build", "dist"}
+    for path in root.rglob("*.py"):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        if re.fullmatch(r"test_.*\.py|.*_test\.py|conftest\.py", path.name):
+            return True
+    return False

@@ -1,0 +1,206 @@
+"""Fetch a project on the host into a git repository at one commit, with no remotes and no later history.
+
+A PyPI release's sdist and a plain directory become a one-commit repository made with a fixed author,
+committer and date, so the same files always give the same commit id. A git source keeps its history
+up to the chosen commit. Everything is cached under $FORAGER_HOME/sources, so a rebuild needs no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from forager.images.manifest import ImageBuildError
+from forager.images.paths import forager_home
+from forager.images.spec import ImageSpec, normalize_name
+
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Forager", "GIT_AUTHOR_EMAIL": "forager@localhost", "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z",
+    "GIT_COMMITTER_NAME": "Forager", "GIT_COMMITTER_EMAIL": "forager@localhost",
+    "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+_SNAPSHOT_IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".tox", ".nox",
+                                           ".venv", "venv", ".mypy_cache", "*.egg-info", "build", "dist")
+
+
+@dataclass(frozen=True)
+class FetchedSource:
+    """A project's repository on the host, ready to be copied into an image."""
+
+    root: Path
+    commit: str
+    name: str | None
+    version: str | None
+    description: str
+    """Where it came from, for the manifest: the sdist file and its sha256, the URL, the directory."""
+
+
+def fetch_source(spec: ImageSpec, log) -> FetchedSource:
+    """The spec's repository, from the cache when it was fetched before."""
+    if spec.kind == "pypi":
+        return _fetch_pypi(spec, log)
+    if spec.kind == "git":
+        return _fetch_git(spec.url or "", spec.rev, log)
+    path = Path(spec.path or "")
+    toplevel = _git(path, "rev-parse", "--show-toplevel", check=False).strip()
+    if toplevel and Path(toplevel).resolve() == path.resolve():  # a subdirectory of a repository is a snapshot
+        dirty = _git(path, "status", "--porcelain", "--untracked-files=no", check=False).strip()
+        if dirty:
+            log(f"note: {path} has uncommitted changes; the image holds its commit, not the work tree")
+        commit = _git(path, "rev-parse", "--verify", "--quiet", f"{spec.rev or 'HEAD'}^{{commit}}", check=False).strip()
+        if not commit:
+            raise ImageBuildError("fetch", f"{path} has no commit {spec.rev!r}")
+        return _fetch_git(toplevel, commit, log)
+    if spec.rev:
+        raise ImageBuildError("fetch", f"{path} is not a git repository, so @{spec.rev} names nothing")
+    return _snapshot(path, log)
+
+
+def _fetch_pypi(spec: ImageSpec, log) -> FetchedSource:
+    name, version = spec.name or "", spec.version or ""
+    cache = forager_home() / "sources" / "pypi" / f"{normalize_name(name)}-{version}"
+    sdist = next((p for p in sorted(cache.glob("*")) if _is_archive(p)), None) if cache.is_dir() else None
+    if sdist is None:
+        log(f"$ pip download --no-deps --no-binary :all: {name}=={version}")
+        partial = Path(tempfile.mkdtemp(prefix="sdist-", dir=_mkdir(cache.parent)))
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "--disable-pip-version-check", "--dest", str(partial), f"{name}=={version}"],
+            capture_output=True, text=True, check=False)
+        log(result.stdout + result.stderr)
+        archives = [p for p in partial.iterdir() if _is_archive(p)]
+        if result.returncode != 0 or not archives:
+            shutil.rmtree(partial, ignore_errors=True)
+            why = _last_error(result.stderr) or "no source archive was downloaded"
+            raise ImageBuildError("fetch", f"cannot download the source release {name}=={version}: {why}")
+        shutil.rmtree(cache, ignore_errors=True)
+        partial.rename(cache)
+        sdist = cache / archives[0].name
+    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    target = forager_home() / "sources" / "repos" / f"pypi-{normalize_name(name)}-{version}-{digest[:12]}"
+    if not (target / ".git").is_dir():
+        log(f"unpacking {sdist.name} into a one-commit repository")
+        with tempfile.TemporaryDirectory(prefix="unpack-", dir=_mkdir(target.parent)) as tmp:
+            _unpack(sdist, Path(tmp))
+            entries = [p for p in Path(tmp).iterdir()]
+            top = entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp)
+            for egg in [*top.glob("*.egg-info"), *top.glob("src/*.egg-info")]:
+                shutil.rmtree(egg)  # setuptools writes these again at install time
+            _commit_tree(top, target, f"{name} {version}\n\nFrom the source release {sdist.name} (sha256 {digest}).")
+    return FetchedSource(target, _head(target), name, version, f"pypi {sdist.name} sha256:{digest}")
+
+
+def _fetch_git(url: str, rev: str | None, log) -> FetchedSource:
+    mirror = forager_home() / "sources" / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    commit = None
+    if mirror.is_dir() and rev:
+        commit = _git(mirror, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip() or None
+    if commit is None:
+        if not mirror.is_dir():
+            log(f"$ git clone --mirror {url}")
+            partial = Path(tempfile.mkdtemp(prefix="mirror-", dir=_mkdir(mirror.parent)))
+            out = _git(partial.parent, "clone", "--quiet", "--mirror", url, str(partial), check=False,
+                       fail="keep-errors")
+            if not (partial / "HEAD").exists():
+                shutil.rmtree(partial, ignore_errors=True)
+                raise ImageBuildError("fetch", f"cannot clone {url}: {_last_error(out)}")
+            partial.rename(mirror)
+        else:
+            log(f"$ git fetch {url}")
+            _git(mirror, "fetch", "--quiet", "--prune", "origin", check=False)
+        commit = _git(mirror, "rev-parse", "--verify", "--quiet", f"{rev or 'HEAD'}^{{commit}}", check=False).strip()
+        if not commit:
+            raise ImageBuildError("fetch", f"{url} has no commit {rev!r}; give a commit id, a tag or a branch")
+    name = re.sub(r"\.git$", "", url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]) or "repo"
+    target = forager_home() / "sources" / "repos" / f"git-{normalize_name(name)}-{commit[:12]}"
+    if not (target / ".git").is_dir():
+        log(f"checking out {commit} (history up to it, no remotes)")
+        with tempfile.TemporaryDirectory(prefix="clone-", dir=_mkdir(target.parent)) as tmp:
+            work = Path(tmp) / "repo"
+            _git(Path(tmp), "clone", "--quiet", "--no-checkout", str(mirror), str(work))
+            _git(work, "checkout", "--quiet", "-B", "main", commit)
+            _git(work, "remote", "remove", "origin")
+            # Tags of earlier commits stay (versioning tools read them); every later ref goes.
+            earlier = {f"refs/tags/{t}" for t in _git(work, "tag", "--merged", "main").split()}
+            for ref in _git(work, "for-each-ref", "--format=%(refname)").split():
+                if ref != "refs/heads/main" and ref not in earlier:
+                    _git(work, "update-ref", "-d", ref)
+            _git(work, "reflog", "expire", "--expire=now", "--all")
+            _git(work, "gc", "--quiet", "--prune=now")
+            try:
+                work.rename(target)
+            except OSError:  # another build made it first
+                pass
+    return FetchedSource(target, commit, None, None, f"git {url}@{commit}")
+
+
+def _snapshot(path: Path, log) -> FetchedSource:
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="snapshot-", dir=_mkdir(forager_home() / "sources" / "repos")) as tmp:
+        copy = Path(tmp) / "tree"
+        shutil.copytree(path, copy, ignore=_SNAPSHOT_IGNORED, symlinks=True)
+        for file in sorted(p for p in copy.rglob("*") if p.is_file()):
+            digest.update(str(file.relative_to(copy)).encode() + b"\0" + file.read_bytes() + b"\0")
+        target = forager_home() / "sources" / "repos" / f"dir-{normalize_name(path.name)}-{digest.hexdigest()[:12]}"
+        if not (target / ".git").is_dir():
+            log(f"snapshot of {path} (not a git repository) as a one-commit repository")
+            _commit_tree(copy, target, f"{path.name}\n\nSnapshot of {path}.")
+    return FetchedSource(target, _head(target), None, None, f"directory {path}")
+
+
+def _commit_tree(tree: Path, target: Path, message: str) -> None:
+    """Make `tree` a one-commit repository (every file, even those its .gitignore names) and move it to `target`."""
+    _git(tree, "init", "--quiet", "-b", "main")
+    _git(tree, "add", "--all", "--force")
+    _git(tree, "commit", "--quiet", "--no-verify", "-m", message)
+    try:
+        tree.rename(target)
+    except OSError:  # another build made it first
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def _unpack(archive: Path, dest: Path) -> None:
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(dest)
+        return
+    with tarfile.open(archive) as tf:
+        tf.extractall(dest, filter="data")
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip"))
+
+
+def _head(repo: Path) -> str:
+    return _git(repo, "rev-parse", "HEAD").strip()
+
+
+def _git(cwd: Path, *args: str, check: bool = True, fail: str = "fetch") -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **_GIT_ENV}, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise ImageBuildError(fail, f"git {' '.join(args[:3])} failed: {_last_error(result.stderr)}")
+    if result.returncode != 0 and fail == "keep-errors":
+        return result.stdout + result.stderr
+    return result.stdout if result.returncode == 0 else ""
+
+
+def _last_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"(ERROR|error|fatal)\b", line)]
+    return (errors or lines or [""])[-1][:500]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
