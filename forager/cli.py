@@ -6,13 +6,16 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 
 from forager.core import ForagerError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 app = typer.Typer(help="Forager: a gym for training and evaluating software-engineering agents.", no_args_is_help=True)
 images_app = typer.Typer(help="Build executable repository images (no registry needed).", no_args_is_help=True)
