@@ -25,6 +25,7 @@ from forager.agent.config import AgentConfig
 from forager.agent.loop import make_env, run_episode
 from forager.agent.store import TrajectoryWriter
 from forager.core import ForagerError, Policy, Task, Trajectory
+from forager.files import atomic_write_text
 from forager.runtime.pool import WarmPool
 
 RUN_FILE = "collection.json"
@@ -141,9 +142,7 @@ def _check_run_file(out: Path, policy: PolicySpec, agent: AgentConfig, tasks_sou
             )
     record = {"fingerprint": fingerprint, "policy": policy.public(), "agent": agent.model_dump(),
               "tasks": tasks_source, "samples_per_task": config.samples_per_task}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=2, default=str))
 
 
 def collect(

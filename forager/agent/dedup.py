@@ -29,7 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from forager.agent.store import atomic_output, iter_trajectory_lines, trajectory_files
+from forager.agent.store import iter_trajectory_lines, trajectory_files
+from forager.files import atomic_output
 from forager.core import Trajectory
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -118,36 +117,6 @@ def read_trajectories(inputs: Iterable[str | Path], *, strict: bool = True) -> l
     Not strict, a line that is not a trajectory is skipped with a warning instead of raising.
     """
     return [line.trajectory for line in iter_trajectory_lines(inputs, strict=strict)]
-
-
-class atomic_output:  # noqa: N801 - used as a context manager, like open()
-    """A text file that appears at `path` only when the `with` block succeeds (temp file, fsync, rename)."""
-
-    def __init__(self, path: str | Path, mode: str = "w"):
-        self.path = Path(path)
-        self.mode = mode
-        self.tmp: Path | None = None
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self.tmp = Path(name)
-        self._file = os.fdopen(fd, self.mode, **({} if "b" in self.mode else {"encoding": "utf-8"}))
-        return self._file
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.tmp is not None
-        try:
-            if exc_type is None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            self._file.close()
-            if exc_type is None:
-                os.chmod(self.tmp, 0o644)  # mkstemp makes it 0600
-                os.replace(self.tmp, self.path)
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
 
 
 class TrajectoryWriter:

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from forager.agent.store import atomic_output, read_trajectories
+from forager.agent.store import read_trajectories
+from forager.files import atomic_output
 from forager.core import Trajectory
 
 MAX_TEXT = 200_000

@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from forager.core import ForagerError
+from forager.files import atomic_write_text
 from forager.images.paths import forager_home
 
 STAGES = ("fetch", "detect", "resolve", "wheelhouse", "env", "repo", "collect", "verify")
@@ -109,14 +108,8 @@ class Manifest:
         return {tag: ManifestEntry.model_validate(e) for tag, e in raw.get("images", {}).items()}
 
     def _write(self, entries: dict[str, ManifestEntry]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": 1, "images": {t: e.model_dump(mode="json") for t, e in sorted(entries.items())}}
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=self.path.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(data, indent=1))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

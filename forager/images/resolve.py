@@ -21,6 +21,7 @@ from pathlib import Path
 
 from forager.images.detect import InstallPlan
 from forager.images.manifest import ImageBuildError
+from forager.files import atomic_write_text
 from forager.images.paths import forager_home
 
 RESOLVER_VERSION = 1  # bump when what goes into a lock changes
@@ -105,7 +106,7 @@ def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, ext
             notes.append(f"resolved {len(pins)} packages with {how}")
             lock = Lock(sorted(pins, key=str.lower), sorted(from_source), notes, key)
             cached.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(cached, json.dumps({"pins": lock.pins, "from_source": lock.from_source, "notes": notes,
+            atomic_write_text(cached, json.dumps({"pins": lock.pins, "from_source": lock.from_source, "notes": notes,
                                               "inputs": inputs}, indent=1))
             return lock
     raise ImageBuildError("resolve", f"install error: pip cannot resolve the environment: {_why(errors)}")
@@ -174,9 +175,3 @@ def _name(requirement: str) -> str:
     match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
     return re.sub(r"[-_.]+", "-", match[1]).lower() if match else ""
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with open(fd, "w") as fh:
-        fh.write(text)
-    Path(tmp).replace(path)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 from forager.core import ForagerError, Task
+from forager.files import atomic_output
 
 TaskFormat = Literal["auto", "forager", "swebench", "swe-smith"]
 FORMATS: tuple[str, ...] = get_args(TaskFormat)
@@ -77,18 +77,10 @@ def load_tasks(
 
 def write_tasks(tasks: Iterable[Task], path: str | Path) -> Path:
     """Write tasks as Forager JSONL, atomically: readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            for task in tasks:
-                fh.write(task.model_dump_json() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_output(path) as out:
+        for task in tasks:
+            out.write(task.model_dump_json() + "\n")
+    return Path(path)
 
 
 def task_from_record(record: dict[str, Any], *, image: str | None = None, format: TaskFormat = "auto") -> Task:
