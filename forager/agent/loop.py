@@ -160,6 +160,7 @@ def run_episode(
     # The episode's budgets are the agent's, whatever the env was made with.
     env.max_turns, env.command_timeout, env.max_output_bytes = (
         config.max_turns, config.command_timeout, config.max_output_bytes)
+    env.show_budget = config.budget_in_observation
     try:
         reset_started = time.monotonic()
         try:
@@ -200,8 +201,7 @@ def run_episode(
                 termination = "out_of_context"
                 break
 
-            env.context_tokens_left = (config.max_context_tokens - episode.context_tokens
-                                       if config.budget_in_observation else None)
+            env.context_tokens_left = config.max_context_tokens - episode.context_tokens
             env_started = time.monotonic()
             try:
                 observation, reward, terminated, truncated, info = env.step(env_action)
@@ -210,8 +210,6 @@ def run_episode(
             finally:
                 episode.timings["env"] += time.monotonic() - env_started
             episode.timings["commands"] += info.get("command_s", 0.0)
-            if not config.budget_in_observation:
-                observation = observation.rsplit("\n[", 1)[0] if observation.endswith(" left]") else observation
             call_id = (out.tool_calls[0].get("id") if config.tool_format == "openai" and out.tool_calls else None)
             episode.add("tool" if call_id else "user", observation, tool_call_id=call_id)
             episode.context_tokens += episode.estimate(observation)

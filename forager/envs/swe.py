@@ -131,6 +131,8 @@ class SWEEnv(gym.Env[str, str]):
         self.last_result: RewardResult | None = None
         self.context_tokens_left: int | None = None
         """Set by an agent that tracks the context: the budget line of observations then shows it too."""
+        self.show_budget = True
+        """End every observation with the budget left (turns, and tokens when known)."""
         self._last_obs = ""
 
     # -- gymnasium API ---------------------------------------------------------------------------
@@ -188,7 +190,7 @@ class SWEEnv(gym.Env[str, str]):
             info["resolved"] = result_.resolved
             output += f"\n[graded: {result_.report}, reward {reward:g}]"
             self.done = True
-        if not self.done:
+        if not self.done and self.show_budget:
             budget = f"{turns_left} turn{'s' if turns_left != 1 else ''}"
             if self.context_tokens_left is not None:
                 budget += f" and about {max(self.context_tokens_left, 0)} tokens of context"
