@@ -187,7 +187,7 @@ def _progress() -> "Progress":
 
 
 def _load(path: str, split: str = "test", fmt: str = "auto", image: Optional[str] = None):
-    from forager.core import load_tasks
+    from forager.tasks.store import load_tasks
 
     try:
         return load_tasks(path, split=split, format=fmt, image=image)  # type: ignore[arg-type]
@@ -615,7 +615,7 @@ def quickstart(
         console.print(Panel("\n\n".join(f"[bold]{m.role}[/]: {m.content[:400]}" for m in first.messages[1:5]),
                             title=f"the start of {first.trajectory_id} (reward {first.reward:g}, {first.termination})"))
     try:
-        from forager.agent.view import write_view
+        from forager.trajectories.view import write_view
 
         page = write_view([out], out / "index.html")
         console.print(f"view them: [bold]file://{Path(page).resolve()}[/] (`forager view {out}` makes it again)")
@@ -624,7 +624,7 @@ def quickstart(
 
 
 def _read_first(out: Path):
-    from forager.agent.store import read_trajectories
+    from forager.trajectories.store import read_trajectories
 
     return read_trajectories([out], strict=False)
 
@@ -640,7 +640,7 @@ def dedup(
     """Near-deduplicate trajectories per repository by MinHash over their actions (CWM: kept pairs below 0.5)."""
     from rich.table import Table
 
-    from forager.agent.dedup import dedup_files
+    from forager.trajectories.dedup import dedup_files
 
     if not 0.0 < threshold <= 1.0:
         _fail(f"--threshold must be in (0, 1], not {threshold}")
@@ -677,7 +677,7 @@ def export_command(
     seed: int = typer.Option(0, help="Seed of the observation masking."),
 ) -> None:
     """Write an SFT dataset (chat messages with a per-message loss weight) from trajectories."""
-    from forager.agent.export import ExportFilter, export_dataset
+    from forager.trajectories.export import ExportFilter, export_dataset
 
     formats = {"both": ["jsonl", "parquet"], "jsonl": ["jsonl"], "parquet": ["parquet"]}.get(format)
     if formats is None:
@@ -706,7 +706,7 @@ def view(
     title: Optional[str] = typer.Option(None, help="Page title (default: the inputs)."),
 ) -> None:
     """Write one self-contained HTML page to browse trajectories (no network needed to open it)."""
-    from forager.agent.view import write_view
+    from forager.trajectories.view import write_view
 
     try:
         path = write_view(inputs, out, title=title)

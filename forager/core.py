@@ -81,17 +81,6 @@ class Task(BaseModel):
         return list(dict.fromkeys([*self.FAIL_TO_PASS, *self.PASS_TO_PASS]))
 
 
-def load_tasks(
-    path: str | Path,
-    split: str = "test",
-    format: Literal["auto", "forager", "swebench", "swe-smith"] = "auto",
-    image: str | None = None,
-) -> list[Task]:
-    """Read tasks from a file, a dataset directory or a hub dataset: see `forager.tasks.store.load_tasks`."""
-    from forager.tasks import store  # imported here: store imports this module
-
-    return store.load_tasks(path, split=split, format=format, image=image)
-
 
 @dataclass
 class Observation:
@@ -143,6 +132,16 @@ class Runtime(Protocol):
     def __enter__(self) -> Runtime: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+# -- actions -------------------------------------------------------------------------------------
+class ToolCall(BaseModel):
+    """One parsed tool call: a tool name and its (not yet validated) arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 # -- policies ------------------------------------------------------------------------------------

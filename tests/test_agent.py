@@ -14,7 +14,7 @@ import pytest
 
 from forager.agent.config import AgentConfig, load_agent_config
 from forager.agent.loop import make_env, run_episode
-from forager.agent.store import read_trajectories
+from forager.trajectories.store import read_trajectories
 from forager.core import ForagerError, PolicyOutput, Trajectory
 from forager.images.sample import sample_tasks
 from forager.policies import make_policy
@@ -214,7 +214,7 @@ def test_prompts_come_from_configuration(tasks, env, tmp_path):
 
 
 def test_trajectory_files_survive_a_torn_last_line(tmp_path, tasks):
-    from forager.agent.store import TrajectoryWriter
+    from forager.trajectories.store import TrajectoryWriter
 
     t = Trajectory(trajectory_id="a#0", task_id="a")
     with TrajectoryWriter(tmp_path) as writer:

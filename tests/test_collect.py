@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from forager.agent.collect import CollectConfig, PolicySpec, collect
-from forager.agent.store import read_trajectories
+from forager.trajectories.store import read_trajectories
 from forager.images.sample import sample_tasks
 from forager.runtime.docker import docker_client
 from forager.tasks.store import write_tasks

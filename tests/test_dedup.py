@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from forager.agent.dedup import (
+from forager.trajectories.dedup import (
     MinHasher,
     action_text,
     dedup_files,
@@ -18,7 +18,7 @@ from forager.agent.dedup import (
     minhash_similarity,
     repo_of,
 )
-from forager.agent.store import TrajectoryFileError, read_trajectories
+from forager.trajectories.store import TrajectoryFileError, read_trajectories
 from forager.core import Task, Trajectory, TrajectoryMessage
 
 WORDS = [f"w{i}" for i in range(5000)]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from forager.agent.store import TrajectoryFileError
-from forager.agent.export import ExportError, ExportFilter, export_dataset, export_row, export_rows, message_weights
+from forager.trajectories.store import TrajectoryFileError
+from forager.trajectories.export import ExportError, ExportFilter, export_dataset, export_row, export_rows, message_weights
 from forager.core import Trajectory, TrajectoryMessage
 
 

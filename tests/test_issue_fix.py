@@ -244,7 +244,7 @@ def test_cli_mine_writes_the_tasks_and_says_what_it_rejected(calc, tmp_path):
     import subprocess
     import sys
 
-    from forager.core import load_tasks
+    from forager.tasks.store import load_tasks
 
     out = tmp_path / "mined.jsonl"
     done = subprocess.run([sys.executable, "-m", "forager", "tasks", "mine", str(calc.path), "--out", str(out)],

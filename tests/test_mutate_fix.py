@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from forager.core import load_tasks
+from forager.tasks.store import load_tasks
 from forager.envs.swe import open_runtime
 from forager.runtime import DockerRuntime
 from forager.tasks.mutate import Mutation

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from forager.core import ForagerError, Task
-from forager.core import load_tasks as core_load_tasks
+from forager import load_tasks as core_load_tasks
 from forager.tasks.store import (
     FALLBACK_TEST_COMMAND,
     TaskLoadError,

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 from typer.testing import CliRunner
 
-from forager.agent.view import render_html, write_view
+from forager.trajectories.view import render_html, write_view
 from forager.cli import app
 from forager.core import Trajectory, TrajectoryMessage
 

@@ -1,4 +1,4 @@
-"""The ForagerAgent: the episode loop, prompts, collection, dedup, export and viewing of trajectories.
+"""The ForagerAgent: the episode loop, its prompts and configuration, and the collection runner.
 
     from forager.agent import AgentConfig, make_env, run_episode
     from forager.policies import make_policy
@@ -10,7 +10,6 @@
 from forager.agent.collect import CollectConfig, CollectStats, PolicySpec, collect
 from forager.agent.config import AgentConfig, load_agent_config
 from forager.agent.loop import make_env, run_episode
-from forager.agent.store import TrajectoryWriter, read_trajectories
 
-__all__ = ["AgentConfig", "CollectConfig", "CollectStats", "PolicySpec", "TrajectoryWriter", "collect",
-           "load_agent_config", "make_env", "read_trajectories", "run_episode"]
+__all__ = ["AgentConfig", "CollectConfig", "CollectStats", "PolicySpec", "collect",
+           "load_agent_config", "make_env", "run_episode"]

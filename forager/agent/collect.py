@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from forager.agent.config import AgentConfig
 from forager.agent.loop import make_env, run_episode
-from forager.agent.store import TrajectoryWriter
+from forager.trajectories.store import TrajectoryWriter
 from forager.core import ForagerError, Policy, Task, Trajectory
 from forager.files import atomic_write_text
 from forager.runtime.pool import WarmPool

@@ -24,12 +24,13 @@ from forager.core import (
     PolicyOutput,
     Task,
     Termination,
+    ToolCall,
     Trajectory,
     TrajectoryMessage,
 )
 from forager.agent.config import AgentConfig
 from forager.envs.swe import SWEEnv
-from forager.envs.tools import TOOLS, ActionError, ToolCall, parse_action
+from forager.envs.tools import TOOLS, ActionError, parse_action
 from forager.runtime.pool import WarmPool
 
 log = logging.getLogger(__name__)

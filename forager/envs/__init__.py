@@ -1,13 +1,11 @@
-"""Gymnasium environments. `forager/SWE-v0` is registered on import of `forager.envs`."""
+"""Gymnasium environments. `forager/SWE-v0` is registered once gymnasium is imported (see forager.registration)."""
 
-import gymnasium
-
+from forager.core import ToolCall
 from forager.envs.swe import SWEEnv, open_runtime
-from forager.envs.tools import TOOLS, ActionError, ToolCall, parse_action
+from forager.envs.tools import TOOLS, ActionError, parse_action
+from forager.registration import SWE_ENV_ID as ENV_ID
+from forager.registration import register_environments
 
-ENV_ID = "forager/SWE-v0"
-
-if ENV_ID not in gymnasium.registry:
-    gymnasium.register(id=ENV_ID, entry_point="forager.envs.swe:SWEEnv", nondeterministic=True)
+register_environments()
 
 __all__ = ["ENV_ID", "TOOLS", "ActionError", "SWEEnv", "ToolCall", "open_runtime", "parse_action"]

@@ -10,14 +10,15 @@ from typing import Any, Literal
 import gymnasium as gym
 from gymnasium import spaces
 
-from forager.core import ForagerError, RuntimeUnavailable, Task, load_tasks
-from forager.envs.tools import TAG_FORMAT_HELP, TOOLS, ActionError, ToolCall, execute, parse_action
+from forager.core import ForagerError, RuntimeUnavailable, Task, ToolCall
+from forager.envs.tools import TAG_FORMAT_HELP, TOOLS, ActionError, execute, parse_action
 from forager.rewards import RewardConfig, RewardResult, grade_patch
 from forager.runtime.base import ShellRuntime
 from forager.runtime.docker import DockerLimits, DockerRuntime, docker_client
 from forager.runtime.local import LocalRuntime
 from forager.runtime.pool import WarmPool, shared_pool
 from forager.tasks.checkout import checkout_task
+from forager.tasks.store import load_tasks
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from forager.core import ToolCall
 from forager.runtime.base import ShellRuntime, q
 
 
@@ -60,14 +61,6 @@ class InsertArgs(_Args):
 
 class SubmitArgs(_Args):
     pass
-
-
-class ToolCall(BaseModel):
-    """One parsed tool call: a tool name and its (not yet validated) arguments."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass

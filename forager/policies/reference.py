@@ -15,7 +15,7 @@ from typing import Any
 from unidiff import PatchSet
 
 from forager.core import Message, PolicyError, PolicyOutput, Task
-from forager.envs.tools import ToolCall
+from forager.core import ToolCall
 
 
 def reference_actions(task: Task) -> list[ToolCall]:

@@ -21,7 +21,7 @@ class ReplayPolicy:
 
     def __init__(self, trajectories: Iterable[Trajectory] | str | Path, sample: int | None = None) -> None:
         if isinstance(trajectories, (str, Path)):
-            from forager.agent.store import read_trajectories
+            from forager.trajectories.store import read_trajectories
 
             trajectories = read_trajectories([trajectories])
         self.recorded: dict[str, Trajectory] = {}

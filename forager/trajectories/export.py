@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from forager.agent.store import iter_trajectory_lines
+from forager.trajectories.store import iter_trajectory_lines
 from forager.files import atomic_output
 from forager.core import ForagerError, Termination, Trajectory
 

@@ -14,7 +14,7 @@ sized so that a pair at the threshold shares a band with probability >= 99.5% (h
 candidates are confirmed with the MinHash estimate, so banding can miss a duplicate but never drops
 a trajectory that is not one.
 
-Trajectory files are read with `forager.agent.store`.
+Trajectory files are read with `forager.trajectories.store`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from forager.agent.store import iter_trajectory_lines, trajectory_files
+from forager.trajectories.store import iter_trajectory_lines, trajectory_files
 from forager.files import atomic_output
 from forager.core import Trajectory
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from forager.agent.store import read_trajectories
+from forager.trajectories.store import read_trajectories
 from forager.files import atomic_output
 from forager.core import Trajectory
 
