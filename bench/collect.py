@@ -21,9 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from forager.agent.collect import CollectConfig, PolicySpec, collect
-from forager.images.paths import forager_home
+from forager.agent.collect import collect
+from forager.agent.config import CollectConfig
+from forager.home import forager_home
 from forager.images.sample import build_sample_image
+from forager.policies.spec import PolicySpec
 from forager.runtime.docker import DockerRuntime, docker_client
 from forager.tasks.mutate_fix import MutateConfig, generate_mutate_fix_tasks
 from forager.tasks.store import load_tasks, write_tasks

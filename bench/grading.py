@@ -16,7 +16,7 @@ import json
 import statistics
 import time
 
-from forager.envs.swe import open_runtime
+from forager.runtime.registry import open_runtime
 from forager.images.sample import build_sample_image
 from forager.rewards import grade_patch
 from forager.runtime.docker import DockerRuntime, docker_client, reaper

@@ -1,17 +1,28 @@
-"""Types shared by every part of Forager: the Task, the Observation of a command, and the Runtime seam."""
+"""Types shared by every part of Forager: Task, Observation, ToolCall, PolicyOutput, Trajectory, the Policy seam,
+the errors and the defaults. The Runtime seam is `forager.runtime.base.ShellRuntime`."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 
+# -- defaults: one value each, shared by every signature that offers the knob ----------------------
 DEFAULT_TEST_COMMAND = "python -m pytest -rA -p no:cacheprovider -o console_output_style=classic"
+DEFAULT_COMMAND_TIMEOUT = 120.0
+"""Seconds an agent's shell command may run before it is killed."""
+DEFAULT_MAX_OUTPUT_BYTES = 20_000
+"""An observation longer than this is cut (head and tail kept)."""
+DEFAULT_MAX_TURNS = 64
+"""Tool calls per episode before it is cut off and graded as it stands."""
+DEFAULT_MAX_CONTEXT_TOKENS = 32_768
+"""Tokens of an episode's whole conversation."""
+DEFAULT_MAX_TOKENS_PER_TURN = 4096
+"""Most tokens sampled for one assistant message."""
 
 
 class Task(BaseModel):
@@ -109,29 +120,6 @@ class ForagerError(Exception):
 
 class RuntimeUnavailable(ForagerError):
     """The runtime cannot start: the message says what is missing and how to get it."""
-
-
-@runtime_checkable
-class Runtime(Protocol):
-    """Where commands run: a persistent shell in a repository, in a container or a scratch directory."""
-
-    workdir: str
-
-    def run(self, command: str, timeout: float | None = None) -> Observation: ...
-
-    def read_file(self, path: str) -> str: ...
-
-    def write_file(self, path: str, content: str) -> None: ...
-
-    def diff(self, base: str = "HEAD") -> str: ...
-
-    def reset(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Runtime: ...
-
-    def __exit__(self, *exc: object) -> None: ...
 
 
 # -- actions -------------------------------------------------------------------------------------
@@ -237,8 +225,9 @@ class TrajectoryMessage(BaseModel):
     loss_mask: int = 0
     policy_version: int | None = None
     finish_reason: str | None = None
-    tool_call: dict[str, Any] | None = None
-    """The parsed action of an assistant message: `{"name", "arguments"}`, or None when malformed."""
+    action: dict[str, Any] | None = Field(default=None, validation_alias=AliasChoices("action", "tool_call"))
+    """The parsed action of an assistant message: `{"name", "arguments"}`, or None when malformed.
+    Files written before the rename call it `tool_call`; they still load."""
     tool_calls: list[dict[str, Any]] | None = None
     """OpenAI function calls as the model returned them (function-calling format only)."""
     tool_call_id: str | None = None
@@ -302,7 +291,7 @@ class Trajectory(BaseModel):
 
     def actions(self) -> list[dict[str, Any]]:
         """The parsed tool calls, in order (a malformed action is `{"name": "<malformed>", ...}`)."""
-        return [m.tool_call or {"name": "<malformed>", "arguments": {"text": m.content}}
+        return [m.action or {"name": "<malformed>", "arguments": {"text": m.content}}
                 for m in self.messages if m.role == "assistant"]
 
     def token_sequence(self) -> tuple[list[int], list[int], list[float]]:

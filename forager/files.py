@@ -1,10 +1,12 @@
-"""Files that appear whole or not at all: written to a temporary file, fsync'd, then renamed."""
+"""Files that appear whole or not at all (a temporary file, fsync'd, then renamed), and content digests."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -36,3 +38,32 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_output(path) as out:
         out.write(text)
     return Path(path)
+
+
+def content_digest(*parts: object, length: int | None = 12) -> str:
+    """The sha256 hex digest of `parts` one after the other, cut to `length` (None: all 64 digits).
+
+    Bytes and strings go in as they are (strings UTF-8 encoded); anything else as JSON with sorted
+    keys. Image tags and cache keys are made of these, so the encoding must never change.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, str):
+            part = part.encode()
+        elif not isinstance(part, bytes):
+            part = json.dumps(part, sort_keys=True).encode()
+        digest.update(part)
+    return digest.hexdigest()[:length]
+
+
+def tree_digest(root: Path, skip: Iterable[str] = (), length: int | None = 12) -> str:
+    """The sha256 hex digest of every file under `root` (relative path and bytes), cut to `length`.
+
+    Files with a path part named in `skip` (say `__pycache__`) are left out.
+    """
+    skipped = set(skip)
+    digest = hashlib.sha256()
+    files = (p for p in root.rglob("*") if p.is_file() and not skipped.intersection(p.relative_to(root).parts))
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:length]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gymnasium
 import pytest
 
 from forager.agent.config import AgentConfig, load_agent_config
@@ -21,6 +22,7 @@ from forager.policies import make_policy
 from forager.policies.openai import OpenAIPolicy
 from forager.policies.reference import ReferencePolicy, as_cwm_text, reference_actions
 from forager.policies.replay import ReplayPolicy
+from forager.rewards import RewardResult
 from forager.testing import OpenAIServer, Reply, decode, episode, fail_first, render_chat
 from forager.testing.scripted import reference_responder
 from tests.conftest import needs_docker
@@ -149,7 +151,7 @@ def test_function_calling_format(tasks, env):
     request = server.chat_requests[0]
     assert {t["function"]["name"] for t in request["tools"]} >= {"bash", "str_replace", "submit"}
     first_call = trajectory.messages[2].tool_calls[0]
-    assert trajectory.messages[2].tool_call == {"name": "bash", "arguments": reference_actions(task)[0].arguments}
+    assert trajectory.messages[2].action == {"name": "bash", "arguments": reference_actions(task)[0].arguments}
     tool_messages = [m for m in trajectory.messages if m.role == "tool"]
     assert len(tool_messages) == trajectory.num_turns and tool_messages[0].tool_call_id == first_call["id"]
     # The conversation sent back holds the assistant's tool_calls and the tool results.
@@ -192,6 +194,41 @@ def test_reference_and_replay_policies(tasks, env, tmp_path):
     path.write_text(recorded.to_json() + "\n")
     replayed = run_episode(env, ReplayPolicy(path), tasks[2], AgentConfig(max_turns=12))
     assert replayed.actions() == recorded.actions() and replayed.resolved
+
+
+def test_an_episode_runs_in_a_made_env_behind_gymnasium_wrappers(tasks):
+    task = tasks[0]
+    # make() adds OrderEnforcing and PassiveEnvChecker; the env's own budget (2 turns) is overridden.
+    made = gymnasium.make("forager/SWE-v0", tasks=[], runtime="docker", max_turns=2)
+    wrapped = gymnasium.wrappers.RecordEpisodeStatistics(made)
+    try:
+        trajectory = run_episode(wrapped, ReferencePolicy(), task, AgentConfig(max_turns=12))
+    finally:
+        wrapped.close()
+    assert trajectory.termination == "submitted" and trajectory.resolved and trajectory.reward == 1.0, trajectory.error
+    assert [m.role for m in trajectory.messages[:2]] == ["system", "user"]
+    assert trajectory.messages[0].content.startswith("You are an expert software engineer")
+    assert task.problem_statement.strip()[:40] in trajectory.messages[1].content
+    assert "12 turns" in trajectory.messages[1].content  # the agent's budget, not the env's own
+    assert [a["name"] for a in trajectory.actions()] == [c.name for c in reference_actions(task)]
+    assert trajectory.num_turns == len(reference_actions(task)) == len(trajectory.messages[2:]) // 2
+    assert trajectory.reward_details["resolution"] == "FULL" and "log_tail" in trajectory.reward_details
+    assert "log" not in trajectory.reward_details
+    assert trajectory.diff and trajectory.finished_at and trajectory.timings["grade"] > 0
+    assert list(wrapped.length_queue) == [trajectory.num_turns] and list(wrapped.return_queue) == [1.0]
+
+
+def test_trajectory_files_written_before_the_renames_still_load():
+    message = {"role": "assistant", "content": "<tool: submit>\n</tool>",
+               "tool_call": {"name": "submit", "arguments": {}}}
+    old = json.dumps({"trajectory_id": "a#0", "task_id": "a", "messages": [message],
+                      "reward_details": {"report": "FULL", "reward": 1.0, "resolved": True, "log_tail": "ok"}})
+    trajectory = Trajectory.from_json(old)
+    assert trajectory.messages[0].action == {"name": "submit", "arguments": {}}
+    assert trajectory.actions() == [{"name": "submit", "arguments": {}}]
+    assert '"action":' in trajectory.to_json() and '"tool_call":' not in trajectory.to_json()
+    result = RewardResult.from_dict(trajectory.reward_details)
+    assert result.resolution == "FULL" and result.log == "ok"
 
 
 def test_prompts_come_from_configuration(tasks, env, tmp_path):

@@ -30,7 +30,7 @@ def make(tid: str, commands: list[str], repo: str = "org/a", resolved: bool = Fa
                 TrajectoryMessage(role="user", content="Fix the bug.")]
     for command in commands:
         messages.append(TrajectoryMessage(role="assistant", content=f"<tool: bash>\n{command}\n</tool>", loss_mask=1,
-                                          tool_call={"name": "bash", "arguments": {"command": command}}))
+                                          action={"name": "bash", "arguments": {"command": command}}))
         messages.append(TrajectoryMessage(role="user", content="output"))
     return Trajectory(trajectory_id=f"{tid}#{sample}", task_id=tid, sample=sample, repo=repo, messages=messages,
                       resolved=resolved, reward=reward, num_turns=len(commands), termination="submitted")
@@ -144,12 +144,12 @@ def test_every_kept_pair_is_below_the_threshold_and_banding_agrees_with_exhausti
 
 def test_action_text_is_canonical_and_exact_jaccard_edges():
     call = TrajectoryMessage(role="assistant", content="x",
-                             tool_call={"name": "str_replace", "arguments": {"path": "a.py", "old_str": "x = 1",
-                                                                            "new_str": "x = 2"}})
+                             action={"name": "str_replace", "arguments": {"path": "a.py", "old_str": "x = 1",
+                                                                         "new_str": "x = 2"}})
     same = TrajectoryMessage(role="assistant", content="different reasoning",
-                             tool_call={"name": "str_replace", "arguments": {"new_str": "x = 2", "path": "a.py",
-                                                                            "old_str": "x = 1"}})
-    malformed = TrajectoryMessage(role="assistant", content="I will run ls", tool_call=None)
+                             action={"name": "str_replace", "arguments": {"new_str": "x = 2", "path": "a.py",
+                                                                         "old_str": "x = 1"}})
+    malformed = TrajectoryMessage(role="assistant", content="I will run ls", action=None)
     a = Trajectory(trajectory_id="a#0", task_id="a", messages=[call, malformed])
     b = Trajectory(trajectory_id="b#0", task_id="b", messages=[same, malformed])
     assert action_text(a) == action_text(b)

@@ -9,6 +9,7 @@ from gymnasium.utils.env_checker import check_env
 import forager.envs  # noqa: F401 - registers forager/SWE-v0
 from forager.images.sample import sample_tasks
 from forager.policies.reference import reference_actions
+from forager.rewards import RewardResult
 from tests.conftest import HAVE_DOCKER
 
 RUNTIMES = [pytest.param("docker", marks=pytest.mark.skipif(not HAVE_DOCKER, reason="needs the sample image")), "local"]
@@ -34,12 +35,14 @@ def test_reference_fix_is_rewarded(kind, task):
     try:
         obs, info = env.reset(seed=1)
         assert task.problem_statement.strip()[:40] in obs
+        assert "<tool: bash>" in info["system_prompt"]  # the tools and their call format
         # The planted bug is in the starting state and the history does not reveal the fix.
         assert env.unwrapped.runtime.run("git log --oneline | wc -l").output.strip() == "1"
         for call in reference_actions(task):
             obs, reward, terminated, truncated, info = env.step(call)
         assert terminated and not truncated
         assert reward == 1.0 and info["resolved"]
+        assert isinstance(info["reward_result"], RewardResult) and info["reward_result"].resolution == "FULL"
         assert set(info["reward_details"]["tests_status"].values()) == {"PASSED"}
     finally:
         env.close()
@@ -71,5 +74,22 @@ def test_malformed_actions_cost_a_turn_and_running_out_truncates(task):
         assert obs.startswith("42\n") and obs.endswith("[1 turn left]")
         obs, reward, terminated, truncated, info = env.step('{"name": "bash", "arguments": {"command": "true"}}')
         assert truncated and not terminated and reward == 0.0 and "reward_details" in info
+    finally:
+        env.close()
+
+
+def test_reset_options_set_the_episode_and_unknown_ones_are_refused(task):
+    env = gymnasium.make("forager/SWE-v0", task=task, runtime="local", max_turns=3)
+    try:
+        prompts = {"task_prompt": "Fix {instance_id} in {workdir} ({max_turns} turns)"}
+        obs, info = env.reset(options={"max_turns": 2, "context_tokens_left": lambda: 321, "prompts": prompts})
+        assert obs == f"Fix {task.instance_id} in {env.unwrapped.runtime.workdir} (2 turns)"
+        assert info["turns_left"] == 2 and "{workdir}" not in info["system_prompt"]
+        obs, *_ = env.step("<tool: bash>\ntrue\n</tool>")
+        assert obs.endswith("[1 turn and about 321 tokens of context left]")
+        obs, info = env.reset()  # options hold for one episode: the env's own budget is back
+        assert info["turns_left"] == 3 and task.problem_statement.strip()[:40] in obs
+        with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['max_turn'\]; SWEEnv.reset accepts: task,"):
+            env.reset(options={"max_turn": 5})
     finally:
         env.close()

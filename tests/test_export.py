@@ -22,12 +22,12 @@ def episode(tid: str, turns: int = 3, resolved: bool = False, reward: float = 0.
     for n in range(turns):
         messages.append(TrajectoryMessage(role="assistant", content=f"<tool: bash>\nls {n}\n</tool>", loss_mask=1,
                                           token_ids=toks(3, 200 + 10 * n), logprobs=[-0.1] * 3 if tokens else None,
-                                          tool_call={"name": "bash", "arguments": {"command": f"ls {n}"}}))
+                                          action={"name": "bash", "arguments": {"command": f"ls {n}"}}))
         messages.append(TrajectoryMessage(role=observation_role, content=f"file{n}.py",
                                           token_ids=toks(2, 300 + 10 * n)))
     messages.append(TrajectoryMessage(role="assistant", content="<tool: submit>\n</tool>", loss_mask=1,
                                       token_ids=toks(2, 400), logprobs=[-0.1] * 2 if tokens else None,
-                                      tool_call={"name": "submit", "arguments": {}}))
+                                      action={"name": "submit", "arguments": {}}))
     return Trajectory(trajectory_id=f"{tid}#0", task_id=tid, repo="org/x", kind="mutate-fix", messages=messages,
                       resolved=resolved, reward=reward, termination=termination, num_turns=turns + 1)
 

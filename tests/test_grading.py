@@ -11,10 +11,11 @@ import textwrap
 
 import pytest
 
-from forager.envs.swe import open_runtime
+from forager.runtime.registry import open_runtime
 from forager.images.sample import sample_tasks
 from forager.rewards import RewardConfig, grade_patch
-from forager.rewards.grading import filter_diff, grade_statuses, parse_pytest_report, split_diff
+from forager.harness import split_diff
+from forager.rewards.grading import filter_diff, grade_statuses, parse_pytest_report
 from forager.runtime import LocalRuntime
 from forager.tasks.checkout import checkout_task
 
@@ -157,12 +158,12 @@ def _attack_diff(name: str) -> str:
 @needs_docker
 def test_the_reference_fix_is_rewarded_and_the_empty_patch_is_not():
     good = _grade(_fix_diff())
-    assert good.resolved and good.reward == 1.0 and good.report == "FULL", good.log[-2000:]
+    assert good.resolved and good.reward == 1.0 and good.resolution == "FULL", good.log[-2000:]
     assert set(good.tests_status.values()) == {"PASSED"}
     empty = _grade("", unresolved=-1.0)
     assert not empty.resolved and empty.reward == -1.0
     assert empty.fail_to_pass["failure"] == _task().FAIL_TO_PASS
-    assert empty.report == "NO"
+    assert empty.resolution == "NO"
 
 
 @needs_docker

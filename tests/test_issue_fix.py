@@ -15,7 +15,7 @@ import pytest
 
 from forager.rewards import grade_patch
 from forager.runtime import DockerRuntime, LocalRuntime
-from forager.runtime.base import ShellRuntime, q
+from forager.runtime.base import ShellRuntime, bash_quote
 from forager.tasks.checkout import checkout_task
 from forager.tasks.issue_fix import (
     MineConfig,
@@ -54,9 +54,11 @@ def history_script(history: list[tuple[dict[str, str], str]]) -> str:
     lines = [f"export {GIT_ENV}", "git init -q -b main"]
     for n, (files, message) in enumerate(history):
         for path, text in files.items():
-            lines.append(f"mkdir -p \"$(dirname {q(path)})\" && printf '%s' {q(text)} > {q(path)}")
+            lines.append(f"mkdir -p \"$(dirname {bash_quote(path)})\" && "
+                         f"printf '%s' {bash_quote(text)} > {bash_quote(path)}")
         date = f"2024-01-0{n + 1}T12:00:00Z"
-        lines.append(f"git add -A && GIT_AUTHOR_DATE={date} GIT_COMMITTER_DATE={date} git commit -q -m {q(message)}")
+        lines.append(f"git add -A && GIT_AUTHOR_DATE={date} GIT_COMMITTER_DATE={date} "
+                     f"git commit -q -m {bash_quote(message)}")
     lines += ["git tag v1.0", "git branch feature", "git remote add origin https://github.com/example/calc.git"]
     return "\n".join(lines) + "\n"
 
@@ -181,7 +183,7 @@ def test_a_test_module_that_needs_the_fix_to_import_fails_before_it(tmp_path):
 def test_the_reference_fix_resolves_and_nothing_does_not(mined):
     task = mined[0].tasks[0]
     fixed = grade_patch(task, task.patch, lambda t: LocalRuntime(t.local_repo), None)
-    assert fixed.resolved and fixed.report == "FULL", fixed.log
+    assert fixed.resolved and fixed.resolution == "FULL", fixed.log
     assert fixed.tests_status == {"tests/test_calc.py::test_div": "PASSED", "tests/test_calc.py::test_add": "PASSED"}
     nothing = grade_patch(task, "", lambda t: LocalRuntime(t.local_repo), None)
     assert not nothing.resolved and nothing.fail_to_pass["failure"] == ["tests/test_calc.py::test_div"]

@@ -10,7 +10,7 @@ import pytest
 
 from forager.tasks.mutate import OPERATORS, FunctionInfo, Mutation, enumerate_mutations, find_functions
 
-SAMPLE_FILES = sorted((Path(__file__).parents[1] / "examples" / "sample-repo" / "semverkit").glob("*.py"))
+SAMPLE_FILES = sorted((Path(__file__).parents[1] / "forager" / "assets" / "sample-repo" / "semverkit").glob("*.py"))
 
 
 def mutated(source: str, operator: str) -> list[str]:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from forager.tasks.store import load_tasks
-from forager.envs.swe import open_runtime
+from forager.runtime.registry import open_runtime
 from forager.runtime import DockerRuntime
 from forager.tasks.mutate import Mutation
 from forager.tasks.mutate_fix import (
@@ -113,7 +113,7 @@ def test_cli_mutate_validate_grade(tmp_path):
     graded = _cli("grade", "--tasks", str(out), "--instance-id", task.instance_id, "--patch", "-", "--json",
                   stdin=task.patch)
     result = json.loads(graded.stdout)
-    assert result["resolved"] and result["report"] == "FULL" and result["reward"] == 1.0
+    assert result["resolved"] and result["resolution"] == "FULL" and result["reward"] == 1.0
     empty = _cli("grade", "--tasks", str(out), "--instance-id", task.instance_id, "--patch", "-", "--json",
                  "--reward-unresolved", "-1", stdin="")
     assert json.loads(empty.stdout)["reward"] == -1.0

@@ -15,17 +15,15 @@ import pytest
 
 from forager.core import ForagerError, Task
 from forager import load_tasks as core_load_tasks
-from forager.tasks.store import (
+from forager.tasks.diffs import DiffError, reverse_diff
+from forager.tasks.formats import (
     FALLBACK_TEST_COMMAND,
     TaskLoadError,
-    load_tasks,
-    read_records,
-    reverse_diff,
     swebench_image_name,
     task_from_record,
     to_swebench_instance,
-    write_tasks,
 )
+from forager.tasks.store import load_tasks, read_records, write_tasks
 
 ASTROPY_PATCH = """\
 diff --git a/astropy/io/ascii/qdp.py b/astropy/io/ascii/qdp.py
@@ -504,7 +502,7 @@ def test_reverse_diff_of_a_plain_unified_diff():
 
 
 def test_reverse_diff_refuses_what_text_cannot_reverse():
-    with pytest.raises(TaskLoadError, match="binary"):
+    with pytest.raises(DiffError, match="binary"):
         reverse_diff("diff --git a/x.png b/x.png\nindex 1..2 100644\nGIT binary patch\nliteral 3\n")
-    with pytest.raises(TaskLoadError, match="copy"):
+    with pytest.raises(DiffError, match="copy"):
         reverse_diff("diff --git a/x b/y\nsimilarity index 100%\ncopy from x\ncopy to y\n")

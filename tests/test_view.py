@@ -31,18 +31,18 @@ def episode(tid: str, sample: int = 0, resolved: bool = False, termination: str 
         TrajectoryMessage(role="system", content="You are an agent."),
         TrajectoryMessage(role="user", content=f"Fix the failing test of {tid}."),
         TrajectoryMessage(role="assistant", content="Run the tests first.", loss_mask=1,
-                          tool_call={"name": "bash", "arguments": {"command": f"{command} {words}"}}),
+                          action={"name": "bash", "arguments": {"command": f"{command} {words}"}}),
         TrajectoryMessage(role="user", content=observation),
         TrajectoryMessage(role="assistant", content="Fix it.", loss_mask=1,
-                          tool_call={"name": "str_replace", "arguments": {
+                          action={"name": "str_replace", "arguments": {
                               "path": "pkg/a.py", "old_str": "return a - b", "new_str": f"return a + b  # {words}"}}),
         TrajectoryMessage(role="user", content="edited pkg/a.py"),
         TrajectoryMessage(role="assistant", content="not a tool call", loss_mask=1, action_error="no tool call found"),
         TrajectoryMessage(role="user", content="error: no tool call found"),
         TrajectoryMessage(role="assistant", content="<tool: submit>\n</tool>", loss_mask=1,
-                          tool_call={"name": "submit", "arguments": {}}),
+                          action={"name": "submit", "arguments": {}}),
     ]
-    details = {"report": "FULL" if resolved else "NO", "tests_status": {"t::f2p": "PASSED" if resolved else "FAILED",
+    details = {"resolution": "FULL" if resolved else "NO", "tests_status": {"t::f2p": "PASSED" if resolved else "FAILED",
                                                                          "t::p2p": "PASSED"},
                "fail_to_pass": {"success": ["t::f2p"] if resolved else [], "failure": [] if resolved else ["t::f2p"]},
                "pass_to_pass": {"success": ["t::p2p"], "failure": []}, "log": "== 2 passed ==", "patch_applied": True}

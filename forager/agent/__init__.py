@@ -7,9 +7,10 @@
     trajectory = run_episode(env, make_policy("openai", base_url=..., model=...), task)
 """
 
-from forager.agent.collect import CollectConfig, CollectStats, PolicySpec, collect
-from forager.agent.config import AgentConfig, load_agent_config
+from forager.agent.collect import CollectStats, collect
+from forager.agent.config import AgentConfig, CollectConfig, load_agent_config
 from forager.agent.loop import make_env, run_episode
+from forager.policies.spec import PolicySpec  # the policies' own description, re-exported for convenience
 
 __all__ = ["AgentConfig", "CollectConfig", "CollectStats", "PolicySpec", "collect",
            "load_agent_config", "make_env", "run_episode"]

@@ -11,60 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from forager.agent.config import AgentConfig
+from forager.agent.config import AgentConfig, CollectConfig
 from forager.agent.loop import make_env, run_episode
-from forager.trajectories.store import TrajectoryWriter
-from forager.core import ForagerError, Policy, Task, Trajectory
+from forager.agent.ray_collect import run_on_ray
+from forager.core import ForagerError, Task, Trajectory
 from forager.files import atomic_write_text
+from forager.policies.spec import PolicySpec
 from forager.runtime.pool import WarmPool
+from forager.trajectories.store import TrajectoryWriter
+from forager.workers import run_workers
 
 RUN_FILE = "collection.json"
-
-
-class PolicySpec(BaseModel):
-    """A policy by name and options: what workers (threads or Ray actors) build their policy from."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = "reference"
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    def build(self) -> Policy:
-        from forager.policies import make_policy
-
-        return make_policy(self.name, **self.options)
-
-    def public(self) -> dict[str, Any]:
-        """The spec without secrets (API keys), for the run file."""
-        return {"name": self.name, "options": {k: ("***" if "key" in k.lower() else v)
-                                               for k, v in self.options.items()}}
-
-
-class CollectConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    samples_per_task: int = Field(1, ge=1)
-    """Episodes per task (a GRPO group is the samples of one task)."""
-    workers: int = Field(1, ge=1)
-    """Episodes running at once (each with its own container)."""
-    runtime: str = "auto"
-    """`docker`, `local`, or `auto` (Docker when the task's image is there)."""
-    ray_address: str | None = None
-    """Run the episodes on a Ray cluster (`auto`, `ray://host:10001`, or `local` for a new local one)."""
-    reward: dict[str, Any] = Field(default_factory=dict)
-    """RewardConfig fields (e.g. `{"unresolved": -1.0}`)."""
-    docker_limits: dict[str, Any] = Field(default_factory=dict)
-    warm_pool: int = Field(0, ge=0)
-    """Containers kept started ahead per image, so resets and gradings do not wait for `docker run`."""
 
 
 @dataclass
@@ -157,10 +124,14 @@ def collect(
     on_start: Callable[[CollectStats], None] | None = None,
     on_episode: Callable[[Trajectory, CollectStats], None] | None = None,
     stop: threading.Event | None = None,
+    handle_sigint: bool = False,
+    on_stopping: Callable[[], None] | None = None,
 ) -> CollectStats:
     """Run every missing (task, sample) pair and append its trajectory to `out_dir/trajectories.jsonl`.
 
-    `stop` set (say, on Ctrl-C) means: start no new episode, finish the running ones.
+    `stop` set (say, on Ctrl-C) means: start no new episode, finish the running ones. With
+    `handle_sigint` (main thread only) the first Ctrl-C sets it and calls `on_stopping`, the second
+    raises KeyboardInterrupt; the same command resumes.
     """
     policy = policy or PolicySpec()
     agent = agent or AgentConfig()
@@ -171,7 +142,8 @@ def collect(
     if duplicated:
         raise ForagerError(f"task ids must be unique; repeated: {', '.join(duplicated[:5])}")
     out = Path(out_dir)
-    with TrajectoryWriter(out) as writer:
+    guard = stop_on_sigint(stop, on_stopping) if handle_sigint else nullcontext()
+    with guard, TrajectoryWriter(out) as writer:
         _check_run_file(out, policy, agent, tasks_source, config, allow_mixed)
         done = writer.done()
         pending = [(task, k) for k in range(config.samples_per_task) for task in tasks
@@ -190,12 +162,28 @@ def collect(
                     on_episode(trajectory, stats)
 
         if config.ray_address:
-            from forager.agent.ray_collect import run_on_ray
-
             run_on_ray(pending, policy, agent, config, finished, stop)
         else:
             _run_threads(pending, policy, agent, config, finished, stop)
     return stats
+
+
+@contextmanager
+def stop_on_sigint(stop: threading.Event, on_stopping: Callable[[], None] | None = None) -> Iterator[None]:
+    """While inside, the first Ctrl-C sets `stop` (running episodes finish); the second raises KeyboardInterrupt."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if on_stopping:
+            on_stopping()
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig,
@@ -206,7 +194,6 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
     work: queue.SimpleQueue[tuple[Task, int]] = queue.SimpleQueue()
     for item in pending:
         work.put(item)
-    failures: list[BaseException] = []
     pool = WarmPool(config.warm_pool) if config.warm_pool and config.runtime != "local" else None
 
     def worker() -> None:
@@ -218,20 +205,14 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
                 except queue.Empty:
                     return
                 finished(run_episode(env, policy, task, agent, sample=sample))
-        except BaseException as err:  # noqa: BLE001 - writing failed (disk full?): stop everyone, report it
-            failures.append(err)
+        except BaseException:  # writing failed (disk full?): stop everyone; run_workers hands the error back
             stop.set()
+            raise
         finally:
             env.close()
 
-    threads = [threading.Thread(target=worker, name=f"forager-collect-{n}", daemon=True)
-               for n in range(min(config.workers, len(pending)))]
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)  # short joins keep the main thread responsive to Ctrl-C
+        failures = run_workers(worker, min(config.workers, len(pending)), "forager-collect", daemon=True)
     finally:
         if pool is not None:
             pool.close()

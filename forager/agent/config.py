@@ -1,27 +1,24 @@
-"""The ForagerAgent's configuration: prompts, tool-call format and budgets."""
+"""The ForagerAgent's configuration (prompts, tool-call format, budgets) and a collection's (CollectConfig)."""
 
 from __future__ import annotations
 
-import string
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from forager.core import ForagerError, Task
-
-PROMPT_FIELDS = ("workdir", "repo", "instance_id", "problem_statement", "hints_text", "max_turns",
-                 "max_context_tokens", "command_timeout", "tool_help")
-
-
-def _default_prompts() -> dict[str, str]:
-    text = resources.files("forager.agent").joinpath("prompts.yaml").read_text()
-    return yaml.safe_load(text)
-
-
-_PROMPTS = _default_prompts()
+from forager.core import (
+    DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_MAX_CONTEXT_TOKENS,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_TOKENS_PER_TURN,
+    DEFAULT_MAX_TURNS,
+    ForagerError,
+    Task,
+)
+from forager.envs.prompts import DEFAULT_PROMPTS as _PROMPTS
+from forager.envs.prompts import PROMPT_FIELDS, PromptTemplates, template_fields
 
 
 class AgentConfig(BaseModel):
@@ -45,15 +42,15 @@ class AgentConfig(BaseModel):
     tool_format: Literal["cwm", "openai"] = "cwm"
     """`cwm`: the tool call is text in the reply (`<tool: NAME>` ... `</tool>`, JSON understood too);
     `openai`: the server's function calling (`tools=` in the request, `tool_calls` in the reply)."""
-    max_turns: int = Field(64, ge=1)
+    max_turns: int = Field(DEFAULT_MAX_TURNS, ge=1)
     """Tool calls before the episode is cut off (and graded as it stands)."""
-    max_context_tokens: int = Field(32_768, ge=256)
+    max_context_tokens: int = Field(DEFAULT_MAX_CONTEXT_TOKENS, ge=256)
     """Tokens of the whole conversation; the episode ends `out_of_context` before it would overflow."""
-    max_tokens_per_turn: int = Field(4096, ge=1)
+    max_tokens_per_turn: int = Field(DEFAULT_MAX_TOKENS_PER_TURN, ge=1)
     """Most tokens sampled for one assistant message."""
-    command_timeout: float = Field(120.0, gt=0)
+    command_timeout: float = Field(DEFAULT_COMMAND_TIMEOUT, gt=0)
     """Seconds a bash command may run before it is killed (its observation says so)."""
-    max_output_bytes: int = Field(20_000, ge=256)
+    max_output_bytes: int = Field(DEFAULT_MAX_OUTPUT_BYTES, ge=256)
     """An observation longer than this is cut (head and tail kept)."""
     budget_in_observation: bool = True
     """End every observation with the turns and tokens left, as CWM does."""
@@ -68,26 +65,46 @@ class AgentConfig(BaseModel):
         for name in ("system_prompt", "task_prompt"):
             template = getattr(self, name)
             try:
-                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+                unknown = template_fields(template) - set(PROMPT_FIELDS)
             except ValueError as err:
                 raise ValueError(f"{name} is not a valid template ({err}); write literal braces as {{{{ and }}}}")
-            unknown = {f.split(".")[0].split("[")[0] for f in fields} - set(PROMPT_FIELDS)
             if unknown:
                 raise ValueError(f"{name} uses unknown field(s) {sorted(unknown)}; known: {', '.join(PROMPT_FIELDS)}")
         return self
 
+    def prompt_templates(self) -> PromptTemplates:
+        """The templates SWEEnv renders at reset (`options["prompts"]`), tool help in this tool format."""
+        tool_help = self.cwm_tool_help if self.tool_format == "cwm" else self.openai_tool_help
+        return PromptTemplates(self.system_prompt, self.task_prompt, tool_help)
+
     def tool_help(self) -> str:
-        template = self.cwm_tool_help if self.tool_format == "cwm" else self.openai_tool_help
-        return template.format(command_timeout=self.command_timeout)
+        return self.prompt_templates().tool_help.format(command_timeout=self.command_timeout)
 
     def render(self, template: str, task: Task, workdir: str) -> str:
-        values: dict[str, Any] = {
-            "workdir": workdir, "repo": task.repo, "instance_id": task.instance_id,
-            "problem_statement": task.problem_statement.strip(), "hints_text": task.hints_text,
-            "max_turns": self.max_turns, "max_context_tokens": self.max_context_tokens,
-            "command_timeout": self.command_timeout, "tool_help": self.tool_help(),
-        }
-        return template.format(**values)
+        """`template` with this config's budgets (the env renders the episode's own prompts)."""
+        templates = PromptTemplates(template, "", self.prompt_templates().tool_help)
+        return templates.render(task, workdir, max_turns=self.max_turns, max_context_tokens=self.max_context_tokens,
+                                command_timeout=self.command_timeout)[0]
+
+
+class CollectConfig(BaseModel):
+    """How a collection runs: samples per task, workers, runtime, Ray, reward and warm containers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples_per_task: int = Field(1, ge=1)
+    """Episodes per task (a GRPO group is the samples of one task)."""
+    workers: int = Field(1, ge=1)
+    """Episodes running at once (each with its own container)."""
+    runtime: str = "auto"
+    """`docker`, `local`, or `auto` (Docker when the task's image is there)."""
+    ray_address: str | None = None
+    """Run the episodes on a Ray cluster (`auto`, `ray://host:10001`, or `local` for a new local one)."""
+    reward: dict[str, Any] = Field(default_factory=dict)
+    """RewardConfig fields (e.g. `{"unresolved": -1.0}`)."""
+    docker_limits: dict[str, Any] = Field(default_factory=dict)
+    warm_pool: int = Field(0, ge=0)
+    """Containers kept started ahead per image, so resets and gradings do not wait for `docker run`."""
 
 
 def load_agent_config(path: str | Path | None = None, **overrides: Any) -> AgentConfig:

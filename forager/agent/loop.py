@@ -2,6 +2,9 @@
 
 Every episode ends with a Trajectory and a termination reason, whatever happens: a policy that
 errors, an environment that dies, or a bug in Forager itself (`crashed`, with the traceback).
+The agent meets the env at the Gymnasium seam: budgets and prompts go in as reset options, the
+prompts and the graded RewardResult come back in the observation and `info`; only the diff and an
+aborted episode's grading go through `env.unwrapped`, as Gymnasium has no call for them.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
+import gymnasium as gym
+
+from forager.agent.config import AgentConfig
 from forager.core import (
     ContextLengthExceeded,
     ForagerError,
@@ -28,12 +34,17 @@ from forager.core import (
     Trajectory,
     TrajectoryMessage,
 )
-from forager.agent.config import AgentConfig
 from forager.envs.swe import SWEEnv
 from forager.envs.tools import TOOLS, ActionError, parse_action
+from forager.rewards import RewardResult
 from forager.runtime.pool import WarmPool
 
 log = logging.getLogger(__name__)
+
+LOG_TAIL_CHARS = 4000
+"""Characters of the grading log a trajectory keeps (`reward_details["log_tail"]`)."""
+MIN_ROOM_TOKENS = 16
+"""Fewer tokens of context left than this cannot hold a useful reply: the episode ends there."""
 
 
 def _now() -> str:
@@ -48,25 +59,52 @@ def make_env(config: AgentConfig, runtime: str = "auto", reward: dict[str, Any] 
                   warm_pool=warm_pool)
 
 
+def run_episode(
+    env: gym.Env[str, str],
+    policy: Policy,
+    task: Task,
+    config: AgentConfig | None = None,
+    *,
+    sample: int = 0,
+    on_turn: Callable[[Trajectory], None] | None = None,
+) -> Trajectory:
+    """One episode of `policy` on `task` in `env` (a SWEEnv, wrapped or not); never raises for a failed episode."""
+    return Episode(env, policy, task, config or AgentConfig(), sample=sample, on_turn=on_turn).run()
+
+
 def _describe(policy: Policy) -> dict[str, Any]:
     """What produced the actions: the policy's own description, or its name and model."""
     describe = getattr(policy, "describe", None)
     if callable(describe):
         return dict(describe())
     model = getattr(policy, "model", None)
-    return {"name": getattr(policy, "name", type(policy).__name__), **({"model": model} if isinstance(model, str) else {})}
+    name = getattr(policy, "name", type(policy).__name__)
+    return {"name": name, **({"model": model} if isinstance(model, str) else {})}
 
 
-class _Episode:
-    """The state of one episode: the messages, the exact tokens so far, the clock."""
+class _Done(Exception):
+    """Ends the episode: `termination` says why; `error`, if any, is the trajectory's error."""
 
-    def __init__(self, task: Task, sample: int, policy: Policy, config: AgentConfig) -> None:
-        self.task, self.policy, self.config = task, policy, config
+    def __init__(self, termination: Termination, error: str | None = None) -> None:
+        super().__init__(error or termination)
+        self.termination, self.error = termination, error
+
+
+class Episode:
+    """One episode: query the policy, execute its action in the env, until `_Done`; then finish."""
+
+    def __init__(self, env: gym.Env[str, str], policy: Policy, task: Task, config: AgentConfig, *,
+                 sample: int = 0, on_turn: Callable[[Trajectory], None] | None = None) -> None:
+        self.env, self.policy, self.task, self.config, self.on_turn = env, policy, task, config, on_turn
+        self.swe = cast(SWEEnv, env.unwrapped)
+        """For what Gymnasium has no call for: the diff, and grading an episode that ended without a step."""
         self.trajectory = Trajectory(
             trajectory_id=f"{task.instance_id}#{sample}", task_id=task.instance_id, sample=sample, repo=task.repo,
-            kind=task.kind, started_at=_now(),
-            policy=_describe(policy),
+            kind=task.kind, started_at=_now(), policy=_describe(policy),
         )
+        self.termination: Termination = "crashed"
+        self.graded = False
+        self.tools = [tool.openai_schema() for tool in TOOLS.values()] if config.tool_format == "openai" else None
         self.timings = {"reset": 0.0, "policy": 0.0, "env": 0.0, "commands": 0.0, "grade": 0.0, "tests": 0.0}
         self.prefix_ids: list[int] | None = []
         """Exact tokens through the last assistant message; None once a turn's tokens are unknown."""
@@ -74,6 +112,119 @@ class _Episode:
         self.estimated = False
         self.chars_per_token = config.chars_per_token
         """Calibrated on the policy's own token counts as soon as it reports them."""
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> Trajectory:
+        """Reset, step until the episode is done, finish; the trajectory is saved in every ending."""
+        started = time.monotonic()
+        try:
+            self.reset()
+            while True:
+                self.step()
+        except _Done as done:
+            self.termination = done.termination
+            if done.error is not None:
+                self.trajectory.error = done.error
+        except Exception:  # noqa: BLE001 - a bug: the trajectory is still saved, with the traceback
+            self.termination, self.trajectory.error = "crashed", traceback.format_exc(limit=8)
+            log.exception("episode %s crashed", self.trajectory.trajectory_id)
+        finally:
+            self.finish(started)
+        return self.trajectory
+
+    def reset(self) -> None:
+        """Reset the env onto the task with the agent's budgets and prompts; the prompts come back rendered."""
+        started = time.monotonic()
+        try:
+            observation, info = self.env.reset(options=self.reset_options())
+        except ForagerError as err:
+            raise _Done("env_error", f"reset failed: {err}") from err
+        except Exception as err:  # Docker API errors and the like: the environment, not the agent
+            raise _Done("env_error", f"reset failed: {type(err).__name__}: {err}") from err
+        finally:
+            self.timings["reset"] = time.monotonic() - started
+        self.add("system", info["system_prompt"])
+        self.add("user", observation)
+        self.context_tokens = self.estimate(info["system_prompt"] + observation)
+
+    def reset_options(self) -> dict[str, Any]:
+        """The episode's budgets are the agent's, whatever the env was made with."""
+        config = self.config
+        return {"task": self.task, "max_turns": config.max_turns, "command_timeout": config.command_timeout,
+                "max_output_bytes": config.max_output_bytes, "max_context_tokens": config.max_context_tokens,
+                "show_budget": config.budget_in_observation, "context_tokens_left": self.context_tokens_left,
+                "prompts": config.prompt_templates()}
+
+    def context_tokens_left(self) -> int:
+        return self.config.max_context_tokens - self.context_tokens
+
+    def step(self) -> None:
+        """One turn: the policy's message, then its action's observation (a malformed action costs a turn)."""
+        out = self.query()
+        action, error, env_action = _parse(out, self.config.tool_format)
+        self.record_output(out, action, error)
+        self.trajectory.num_turns += 1
+        if self.context_tokens > self.config.max_context_tokens:  # the estimate was short; stop here
+            raise _Done("out_of_context")
+        self.execute(out, env_action)
+
+    def query(self) -> PolicyOutput:
+        """The policy's next message, with as many tokens as the context has room for."""
+        room = self.context_tokens_left()
+        if room < MIN_ROOM_TOKENS:
+            raise _Done("out_of_context")
+        started = time.monotonic()
+        try:
+            return self.policy.act(self.chat(), task=self.task, prefix_token_ids=self.prefix_ids or None,
+                                   max_tokens=min(self.config.max_tokens_per_turn, room), tools=self.tools)
+        except ContextLengthExceeded as err:
+            raise _Done("out_of_context", str(err)) from err
+        except PolicyError as err:
+            raise _Done("policy_error", str(err)) from err
+        finally:
+            self.timings["policy"] += time.monotonic() - started
+
+    def execute(self, out: PolicyOutput, env_action: ToolCall | str) -> None:
+        """Step the env with the action, record the observation and any grading, and stop when it ends."""
+        started = time.monotonic()
+        try:
+            observation, reward, terminated, truncated, info = self.env.step(env_action)
+        except Exception as err:  # noqa: BLE001 - grading or the runtime broke under the env
+            raise _Done("env_error", f"step {self.trajectory.num_turns} failed: {type(err).__name__}: {err}") from err
+        finally:
+            self.timings["env"] += time.monotonic() - started
+        self.timings["commands"] += info.get("command_s", 0.0)
+        call_id = out.tool_calls[0].get("id") if self.config.tool_format == "openai" and out.tool_calls else None
+        self.add("tool" if call_id else "user", observation, tool_call_id=call_id)
+        self.context_tokens += self.estimate(observation)
+        if "reward_result" in info:
+            self.record_reward(info["reward_result"], reward)
+        if self.on_turn is not None:
+            self.on_turn(self.trajectory)
+        if info.get("env_error"):
+            raise _Done("env_error", info["env_error"])
+        if terminated:
+            raise _Done("submitted")
+        if truncated:
+            raise _Done("out_of_turns")
+        if out.finish_reason == "length" and self.context_tokens_left() < MIN_ROOM_TOKENS:
+            raise _Done("out_of_context")
+
+    def finish(self, started: float) -> None:
+        """Grade an aborted episode if asked, then fill in the reward, diff, timings and end time."""
+        trajectory = self.trajectory
+        trajectory.termination = self.termination
+        if not self.graded and self.termination in ("out_of_context", "policy_error") and self.config.grade_on_abort:
+            self.grade_now()
+        if not trajectory.reward_details:
+            trajectory.reward = self.swe.reward_config.unresolved
+        try:
+            trajectory.diff = self.swe.diff() if self.swe.runtime is not None else ""
+        except Exception:  # noqa: BLE001 - a dead runtime has no diff to show
+            trajectory.diff = ""
+        trajectory.timings = {**self.timings, "total": time.monotonic() - started}
+        trajectory.finished_at = _now()
+        trajectory.metadata["token_counts_estimated"] = self.estimated
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def add(self, role: str, content: str, **fields: Any) -> TrajectoryMessage:
@@ -100,7 +251,7 @@ class _Episode:
         message = self.add(
             "assistant", out.text, token_ids=out.token_ids, logprobs=out.logprobs, loss_mask=1,
             policy_version=out.policy_version, finish_reason=out.finish_reason, retokenized=retokenized,
-            tool_call=action.model_dump() if action else None, tool_calls=out.tool_calls, action_error=error,
+            action=action.model_dump() if action else None, tool_calls=out.tool_calls, action_error=error,
         )
         if out.prompt_token_ids is not None and out.token_ids is not None and not retokenized:
             self.prefix_ids = out.prompt_token_ids + out.token_ids
@@ -120,8 +271,30 @@ class _Episode:
         self.context_tokens = prompt + completion
         return message
 
+    def record_reward(self, result: RewardResult, reward: float) -> None:
+        """The trajectory's reward and its JSON `reward_details` (the log cut to its tail)."""
+        trajectory = self.trajectory
+        trajectory.reward = float(reward)
+        trajectory.resolved = result.resolved
+        details = result.to_dict()
+        log_text = details.pop("log") or ""
+        trajectory.reward_details = {**details, "log_tail": log_text[-LOG_TAIL_CHARS:]}
+        self.timings["grade"] += result.duration_s
+        self.timings["tests"] += result.tests_s
+        self.graded = True
 
-def _parse(out: PolicyOutput, tool_format: str) -> tuple[ToolCall | None, str | None, str | Any]:
+    def grade_now(self) -> None:
+        if self.swe.runtime is None or self.swe.task is None:
+            return
+        try:
+            result = self.swe.grade()
+        except Exception as err:  # noqa: BLE001 - keep the episode's record even if grading fails
+            self.trajectory.error = f"{self.trajectory.error or ''}\ngrading failed: {err}".strip()
+            return
+        self.record_reward(result, result.reward)
+
+
+def _parse(out: PolicyOutput, tool_format: str) -> tuple[ToolCall | None, str | None, str | ToolCall]:
     """(action, error, what to hand the env): the env re-raises the error as the observation."""
     if tool_format == "openai" and out.tool_calls:
         if len(out.tool_calls) != 1:
@@ -140,138 +313,3 @@ def _parse(out: PolicyOutput, tool_format: str) -> tuple[ToolCall | None, str | 
     except ActionError as err:
         return None, str(err), out.text
     return call, None, call
-
-
-def run_episode(
-    env: SWEEnv,
-    policy: Policy,
-    task: Task,
-    config: AgentConfig | None = None,
-    *,
-    sample: int = 0,
-    on_turn: Callable[[Trajectory], None] | None = None,
-) -> Trajectory:
-    """One episode of `policy` on `task` in `env`; always returns a Trajectory, never raises for a failed episode."""
-    config = config or AgentConfig()
-    episode = _Episode(task, sample, policy, config)
-    trajectory = episode.trajectory
-    started = time.monotonic()
-    termination: Termination = "crashed"
-    graded = False
-    # The episode's budgets are the agent's, whatever the env was made with.
-    env.max_turns, env.command_timeout, env.max_output_bytes = (
-        config.max_turns, config.command_timeout, config.max_output_bytes)
-    env.show_budget = config.budget_in_observation
-    try:
-        reset_started = time.monotonic()
-        try:
-            env.reset(options={"task": task})
-        except ForagerError as err:
-            raise _EnvError(f"reset failed: {err}") from err
-        except Exception as err:  # Docker API errors and the like: the environment, not the agent
-            raise _EnvError(f"reset failed: {type(err).__name__}: {err}") from err
-        finally:
-            episode.timings["reset"] = time.monotonic() - reset_started
-        workdir = env.runtime.workdir if env.runtime else task.workdir
-        episode.add("system", config.render(config.system_prompt, task, workdir))
-        episode.add("user", config.render(config.task_prompt, task, workdir))
-        episode.context_tokens = episode.estimate(trajectory.messages[0].content + trajectory.messages[1].content)
-        tools = [tool.openai_schema() for tool in TOOLS.values()] if config.tool_format == "openai" else None
-
-        while True:
-            room = config.max_context_tokens - episode.context_tokens
-            if room < 16:
-                termination = "out_of_context"
-                break
-            policy_started = time.monotonic()
-            try:
-                out = policy.act(episode.chat(), task=task, prefix_token_ids=episode.prefix_ids or None,
-                                 max_tokens=min(config.max_tokens_per_turn, room), tools=tools)
-            except ContextLengthExceeded as err:
-                termination, trajectory.error = "out_of_context", str(err)
-                break
-            except PolicyError as err:
-                termination, trajectory.error = "policy_error", str(err)
-                break
-            finally:
-                episode.timings["policy"] += time.monotonic() - policy_started
-            action, error, env_action = _parse(out, config.tool_format)
-            episode.record_output(out, action, error)
-            trajectory.num_turns += 1
-            if episode.context_tokens > config.max_context_tokens:  # the estimate was short; stop here
-                termination = "out_of_context"
-                break
-
-            env.context_tokens_left = config.max_context_tokens - episode.context_tokens
-            env_started = time.monotonic()
-            try:
-                observation, reward, terminated, truncated, info = env.step(env_action)
-            except Exception as err:  # noqa: BLE001 - grading or the runtime broke under the env
-                raise _EnvError(f"step {trajectory.num_turns} failed: {type(err).__name__}: {err}") from err
-            finally:
-                episode.timings["env"] += time.monotonic() - env_started
-            episode.timings["commands"] += info.get("command_s", 0.0)
-            call_id = (out.tool_calls[0].get("id") if config.tool_format == "openai" and out.tool_calls else None)
-            episode.add("tool" if call_id else "user", observation, tool_call_id=call_id)
-            episode.context_tokens += episode.estimate(observation)
-            if "reward_details" in info:
-                _record_reward(episode, reward, info["reward_details"])
-                graded = True
-            if on_turn is not None:
-                on_turn(trajectory)
-            if info.get("env_error"):
-                termination, trajectory.error = "env_error", info["env_error"]
-                break
-            if terminated:
-                termination = "submitted"
-                break
-            if truncated:
-                termination = "out_of_turns"
-                break
-            if out.finish_reason == "length" and config.max_context_tokens - episode.context_tokens < 16:
-                termination = "out_of_context"
-                break
-    except _EnvError as err:
-        termination, trajectory.error = "env_error", str(err)
-    except Exception:  # noqa: BLE001 - a bug: the trajectory is still saved, with the traceback
-        termination, trajectory.error = "crashed", traceback.format_exc(limit=8)
-        log.exception("episode %s crashed", trajectory.trajectory_id)
-    finally:
-        trajectory.termination = termination
-        if not graded and termination in ("out_of_context", "policy_error") and config.grade_on_abort:
-            _grade_now(env, episode)
-        if not trajectory.reward_details:
-            trajectory.reward = env.reward_config.unresolved
-        try:
-            trajectory.diff = env.diff() if env.runtime is not None else ""
-        except Exception:  # noqa: BLE001 - a dead runtime has no diff to show
-            trajectory.diff = ""
-        trajectory.timings = {**episode.timings, "total": time.monotonic() - started}
-        trajectory.finished_at = _now()
-        trajectory.metadata["token_counts_estimated"] = episode.estimated
-    return trajectory
-
-
-class _EnvError(Exception):
-    pass
-
-
-def _record_reward(episode: _Episode, reward: float, details: dict[str, Any]) -> None:
-    trajectory = episode.trajectory
-    trajectory.reward = float(reward)
-    trajectory.resolved = bool(details.get("resolved"))
-    trajectory.reward_details = {k: v for k, v in details.items() if k != "log"}
-    trajectory.reward_details["log_tail"] = (details.get("log") or "")[-4000:]
-    episode.timings["grade"] += details.get("duration_s", 0.0)
-    episode.timings["tests"] += details.get("tests_s", 0.0)
-
-
-def _grade_now(env: SWEEnv, episode: _Episode) -> None:
-    if env.runtime is None or env.task is None:
-        return
-    try:
-        result = env.grade()
-    except Exception as err:  # noqa: BLE001 - keep the episode's record even if grading fails
-        episode.trajectory.error = f"{episode.trajectory.error or ''}\ngrading failed: {err}".strip()
-        return
-    _record_reward(episode, result.reward, result.to_dict())

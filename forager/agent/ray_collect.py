@@ -11,17 +11,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from forager.agent.config import AgentConfig
+from forager.agent.config import AgentConfig, CollectConfig
+from forager.agent.loop import make_env, run_episode
 from forager.core import ForagerError, Task, Trajectory
+from forager.policies.spec import PolicySpec
 
 
 class RolloutWorker:
     """One environment and one policy on some node of the cluster."""
 
     def __init__(self, policy_spec: dict, agent: dict, config: dict) -> None:
-        from forager.agent.collect import CollectConfig, PolicySpec
-        from forager.agent.loop import make_env
-
         self.policy = PolicySpec.model_validate(policy_spec).build()
         self.agent = AgentConfig.model_validate(agent)
         collect_config = CollectConfig.model_validate(config)
@@ -29,16 +28,15 @@ class RolloutWorker:
                             collect_config.docker_limits or None, collect_config.warm_pool)
 
     def run(self, task: dict, sample: int) -> str:
-        from forager.agent.loop import run_episode
-
         return run_episode(self.env, self.policy, Task.model_validate(task), self.agent, sample=sample).to_json()
 
     def close(self) -> None:
         self.env.close()
 
 
-def run_on_ray(pending: list[tuple[Task, int]], policy_spec, agent: AgentConfig, config,
+def run_on_ray(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
                finished: Callable[[Trajectory], None], stop: threading.Event) -> None:
+    """Run the pending (task, sample) pairs on Ray actors; `finished` gets each trajectory on the driver."""
     try:
         import ray
     except ImportError as err:

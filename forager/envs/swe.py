@@ -5,24 +5,31 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
 
-from forager.core import ForagerError, RuntimeUnavailable, Task, ToolCall
-from forager.envs.tools import TAG_FORMAT_HELP, TOOLS, ActionError, execute, parse_action
+from forager.core import (
+    DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_MAX_OUTPUT_BYTES,
+    DEFAULT_MAX_TURNS,
+    ForagerError,
+    Task,
+    ToolCall,
+)
+from forager.envs.options import EpisodeOptions
+from forager.envs.tools import TOOLS, ActionError, execute, parse_action
 from forager.rewards import RewardConfig, RewardResult, grade_patch
 from forager.runtime.base import ShellRuntime
-from forager.runtime.docker import DockerLimits, DockerRuntime, docker_client
-from forager.runtime.local import LocalRuntime
+from forager.runtime.docker import DockerLimits
 from forager.runtime.pool import WarmPool, shared_pool
+from forager.runtime.registry import RuntimeKind, open_runtime
 from forager.tasks.checkout import checkout_task
 from forager.tasks.store import load_tasks
 
 log = logging.getLogger(__name__)
 
-RuntimeKind = Literal["auto", "docker", "local"]
 MAX_TEXT = 1 << 20
 
 
@@ -37,58 +44,21 @@ class UnicodeText(spaces.Text):
         return isinstance(x, str) and len(x) <= self.max_length
 
 
-def open_runtime(
-    task: Task, kind: RuntimeKind = "auto", *, limits: DockerLimits | None = None,
-    command_timeout: float = 120.0, max_output_bytes: int = 20_000, pool: WarmPool | None = None,
-) -> ShellRuntime:
-    """A runtime for `task`: Docker when asked, or when `auto` and an engine with the task's image answers.
-
-    With a warm `pool`, a Docker runtime is taken from it (ready at once when one is warm).
-    """
-    client = None
-    if kind == "auto":
-        client = _client_with_image(task.image) if task.image else None
-        kind = "docker" if client is not None else "local"
-        if kind == "local" and not task.local_repo:
-            raise RuntimeUnavailable(
-                f"task {task.instance_id}: no Docker engine with image {task.image!r} answers and it has no "
-                "local_repo. Start Docker and build or pull the image (`forager images sample` for the sample)."
-            )
-    if kind == "docker":
-        if not task.image:
-            raise RuntimeUnavailable(f"task {task.instance_id} has no image for the Docker runtime")
-        if pool is not None:
-            if client is not None:
-                client.close()
-            return pool.take(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
-                             max_output_bytes=max_output_bytes)
-        return DockerRuntime(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
-                             max_output_bytes=max_output_bytes, client=client)
-    if not task.local_repo:
-        raise RuntimeUnavailable(f"task {task.instance_id} has no local_repo for the local runtime")
-    return LocalRuntime(task.local_repo, command_timeout=command_timeout, max_output_bytes=max_output_bytes)
-
-
-def _client_with_image(image: str):
-    """A Docker client (reused by the runtime: one connection and ping per reset) if `image` is there."""
-    try:
-        client = docker_client()
-    except RuntimeUnavailable:
-        return None
-    try:
-        client.images.get(image)
-        return client
-    except Exception:  # noqa: BLE001 - missing image or engine trouble: both mean "not here"
-        client.close()
-        return None
-
-
 class SWEEnv(gym.Env[str, str]):
     """Fix a repository with shell and edit tools; the reward comes from the task's tests on submit.
 
     The action is the model's text holding one tool call (or a ToolCall); the observation is the
     tool's output followed by the remaining budget. The reward is 0 until `submit` or the last turn,
     then the test-pass reward of the diff against the starting commit, graded in a fresh runtime.
+
+    `reset` returns the task prompt as the observation and the system prompt (tools and call format)
+    as `info["system_prompt"]`. Its `options` (each for that episode only; an unknown key is an error):
+    `task` (a Task, its dict, or an instance_id; else one drawn at random), `max_turns`,
+    `command_timeout`, `max_output_bytes`, `max_context_tokens` (stated in the prompts),
+    `context_tokens_left` (a callable asked after every step; the budget line then shows tokens too),
+    `show_budget`, and `prompts` (PromptTemplates or a mapping of `system_prompt`, `task_prompt`,
+    `tool_help`). The step that grades carries `info["reward_result"]` (a RewardResult), its dict
+    `info["reward_details"]` and `info["resolved"]`.
     """
 
     metadata = {"render_modes": ["ansi"]}
@@ -99,9 +69,9 @@ class SWEEnv(gym.Env[str, str]):
         tasks: list[Task | dict[str, Any]] | None = None,
         tasks_path: str | None = None,
         runtime: RuntimeKind = "auto",
-        max_turns: int = 64,
-        command_timeout: float = 120.0,
-        max_output_bytes: int = 20_000,
+        max_turns: int = DEFAULT_MAX_TURNS,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         docker_limits: dict[str, Any] | None = None,
         reward: dict[str, Any] | None = None,
         render_mode: str | None = None,
@@ -109,9 +79,11 @@ class SWEEnv(gym.Env[str, str]):
     ) -> None:
         self.tasks = _collect_tasks(task, tasks, tasks_path)
         self.runtime_kind: RuntimeKind = runtime
-        self.max_turns = max_turns
-        self.command_timeout = command_timeout
-        self.max_output_bytes = max_output_bytes
+        self.defaults = EpisodeOptions(max_turns=max_turns, command_timeout=command_timeout,
+                                       max_output_bytes=max_output_bytes)
+        """The settings of an episode whose reset options leave them out."""
+        self.options = self.defaults
+        """The current episode's settings."""
         self.limits = DockerLimits(**(docker_limits or {}))
         self.reward_config = RewardConfig(**(reward or {}))
         self.render_mode = render_mode
@@ -130,16 +102,13 @@ class SWEEnv(gym.Env[str, str]):
         self.turn = 0
         self.done = True
         self.last_result: RewardResult | None = None
-        self.context_tokens_left: int | None = None
-        """Set by an agent that tracks the context: the budget line of observations then shows it too."""
-        self.show_budget = True
-        """End every observation with the budget left (turns, and tokens when known)."""
         self._last_obs = ""
 
     # -- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
-        self.task = self._pick_task((options or {}).get("task"))
+        self.options = self.defaults.updated(options)
+        self.task = self._pick_task(self.options.task)
         started = time.monotonic()
         self._close_runtime()
         self.runtime = self._open_runtime(self.task)
@@ -149,10 +118,13 @@ class SWEEnv(gym.Env[str, str]):
             self._close_runtime()
             raise
         self.turn, self.done, self.last_result = 0, False, None
-        obs = self._task_prompt(self.task)
+        settings = self.options
+        system, obs = settings.prompts.render(
+            self.task, self.runtime.workdir, max_turns=settings.max_turns,
+            max_context_tokens=settings.max_context_tokens, command_timeout=settings.command_timeout)
         self._last_obs = obs
-        info = {"task_id": self.task.instance_id, "runtime": type(self.runtime).__name__,
-                "turns_left": self.max_turns, "reset_s": time.monotonic() - started}
+        info = {"task_id": self.task.instance_id, "runtime": type(self.runtime).__name__, "system_prompt": system,
+                "turns_left": settings.max_turns, "reset_s": time.monotonic() - started}
         return obs, info
 
     def step(self, action: str | ToolCall | dict[str, Any]) -> tuple[str, float, bool, bool, dict[str, Any]]:
@@ -181,21 +153,17 @@ class SWEEnv(gym.Env[str, str]):
             return output, 0.0, False, True, info
         info["step_s"] = time.monotonic() - started
 
-        turns_left = self.max_turns - self.turn
+        turns_left = self.options.max_turns - self.turn
         truncated = not submitted and turns_left <= 0
         reward = 0.0
         if submitted or truncated:
-            result_ = self.grade()
-            reward = result_.reward
-            info["reward_details"] = result_.to_dict()
-            info["resolved"] = result_.resolved
-            output += f"\n[graded: {result_.report}, reward {reward:g}]"
+            graded = self.grade()
+            reward = graded.reward
+            info.update(reward_result=graded, reward_details=graded.to_dict(), resolved=graded.resolved)
+            output += f"\n[graded: {graded.resolution}, reward {reward:g}]"
             self.done = True
-        if not self.done and self.show_budget:
-            budget = f"{turns_left} turn{'s' if turns_left != 1 else ''}"
-            if self.context_tokens_left is not None:
-                budget += f" and about {max(self.context_tokens_left, 0)} tokens of context"
-            output += f"\n[{budget} left]"
+        if not self.done and self.options.show_budget:
+            output += f"\n[{self._budget(turns_left)} left]"
         info["turns_left"] = turns_left
         self._last_obs = output
         return output, reward, submitted, truncated, info
@@ -219,14 +187,21 @@ class SWEEnv(gym.Env[str, str]):
         try:
             patch = self.diff()
         except RuntimeError as err:
-            self.last_result = RewardResult(self.reward_config.unresolved, False, "NO", error=f"no diff: {err}")
+            self.last_result = RewardResult(self.reward_config.unresolved, resolved=False, resolution="NO",
+                                            error=f"no diff: {err}")
             return self.last_result
         self.last_result = grade_patch(self.task, patch, self._open_runtime, self.reward_config)
         return self.last_result
 
+    def _budget(self, turns_left: int) -> str:
+        budget = f"{turns_left} turn{'s' if turns_left != 1 else ''}"
+        if self.options.context_tokens_left is not None:
+            budget += f" and about {max(self.options.context_tokens_left(), 0)} tokens of context"
+        return budget
+
     def _open_runtime(self, task: Task) -> ShellRuntime:
-        return open_runtime(task, self.runtime_kind, limits=self.limits, command_timeout=self.command_timeout,
-                            max_output_bytes=self.max_output_bytes, pool=self.pool)
+        return open_runtime(task, self.runtime_kind, limits=self.limits, command_timeout=self.options.command_timeout,
+                            max_output_bytes=self.options.max_output_bytes, pool=self.pool)
 
     def _pick_task(self, choice: Task | dict[str, Any] | str | None) -> Task:
         if isinstance(choice, Task):
@@ -241,13 +216,6 @@ class SWEEnv(gym.Env[str, str]):
         if not self.tasks:
             raise ValueError("no tasks: pass task=, tasks= or tasks_path=, or options={'task': ...} to reset()")
         return self.tasks[int(self.np_random.integers(len(self.tasks)))]
-
-    def _task_prompt(self, task: Task) -> str:
-        return (
-            f"You are working in the repository at {self.runtime.workdir if self.runtime else task.workdir}.\n"
-            f"Resolve this issue by editing the source code (not the tests):\n\n{task.problem_statement.strip()}\n\n"
-            f"{TAG_FORMAT_HELP}\nWhen you are done, call submit. You have {self.max_turns} turns."
-        )
 
     def _close_runtime(self) -> None:
         runtime, self.runtime = self.runtime, None
@@ -266,4 +234,4 @@ def _collect_tasks(task: Any, tasks: list[Any] | None, tasks_path: str | None) -
     return collected
 
 
-__all__ = ["SWEEnv", "TOOLS", "UnicodeText", "open_runtime"]
+__all__ = ["SWEEnv", "TOOLS", "UnicodeText"]

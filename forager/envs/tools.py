@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forager.core import ToolCall
-from forager.runtime.base import ShellRuntime, q
+from forager.envs.prompts import DEFAULT_PROMPTS
+from forager.runtime.base import ShellRuntime, bash_quote
 
 
 class ActionError(Exception):
@@ -113,7 +114,8 @@ def run_bash(runtime: ShellRuntime, args: BashArgs) -> ToolResult:
 
 def run_view(runtime: ShellRuntime, args: ViewArgs) -> ToolResult:
     path = runtime.abspath(args.path)
-    listing = runtime.run(f"[ -d {q(path)} ] && cd {q(path)} && find . -maxdepth 2 -not -path '*/.*' | sort", 30)
+    listing = runtime.run(
+        f"[ -d {bash_quote(path)} ] && cd {bash_quote(path)} && find . -maxdepth 2 -not -path '*/.*' | sort", 30)
     if listing.exit_code == 0:
         return ToolResult(f"Files and directories up to 2 levels deep in {path}:\n{listing.output.rstrip()}")
     lines = _read_text(runtime, path).splitlines()
@@ -128,7 +130,7 @@ def run_view(runtime: ShellRuntime, args: ViewArgs) -> ToolResult:
 
 def run_create(runtime: ShellRuntime, args: CreateArgs) -> ToolResult:
     path = runtime.abspath(args.path)
-    exists = runtime.run(f"[ -e {q(path)} ]", 30).exit_code == 0
+    exists = runtime.run(f"[ -e {bash_quote(path)} ]", 30).exit_code == 0
     text = args.file_text if not args.file_text or args.file_text.endswith("\n") else args.file_text + "\n"
     runtime.write_file(path, text)
     return ToolResult(f"{'Overwrote' if exists else 'Created'} {path} ({len(text.splitlines())} lines)")
@@ -246,15 +248,8 @@ TOOLS: dict[str, Tool] = {
     ]
 }
 
-TAG_FORMAT_HELP = """\
-Reply with exactly one tool call per turn, in this format:
-<tool: bash>
-COMMAND
-</tool>
-Tools: bash (a command), view (PATH, optionally `FIRST LAST` on the next line), create (PATH, then the
-file's text), str_replace (PATH, then one <<<<<<< SEARCH / ======= / >>>>>>> REPLACE block), insert
-(PATH, then the line number to insert after, then the text), submit (no body). A JSON object of
-arguments is accepted as the body too, e.g. <tool: view>{"path": "setup.py"}</tool>."""
+TAG_FORMAT_HELP = DEFAULT_PROMPTS["tag_format_help"]
+"""The tag format, said again in the observation of a malformed action (text in prompts.yaml)."""
 
 _TAG = re.compile(r"<tool:\s*([\w.-]+)\s*>(.*?)</tool>", re.DOTALL)
 _HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)

@@ -6,8 +6,7 @@ Tags are hashes of the inputs, so an unchanged recipe never rebuilds.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import io
 import os
 import re
 import shutil
@@ -19,7 +18,10 @@ import docker
 import docker.errors
 
 from forager.core import ForagerError
-from forager.images.paths import forager_home, project_file
+from forager.files import content_digest
+from forager.home import forager_home
+from forager.images.paths import asset
+from forager.runtime.docker import image_exists
 
 BASE_REPOSITORY = "forager/base"
 DEBIAN_SUITE = "bookworm"
@@ -52,18 +54,10 @@ def base_image_tag(mirror: str | None = None, from_registry: bool = False) -> st
     recipe = {
         "suite": DEBIAN_SUITE, "packages": BASE_PACKAGES, "strip": STRIP_PATHS, "changes": IMAGE_CHANGES,
         "version": RECIPE_VERSION,
-        "source": project_file("images/base/Dockerfile.registry").read_text() if from_registry else "debootstrap",
+        "source": asset("base-registry.Dockerfile").read_text() if from_registry else "debootstrap",
     }
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    digest = content_digest(recipe)
     return f"{BASE_REPOSITORY}:{DEBIAN_SUITE}-{'registry-' if from_registry else ''}{digest}"
-
-
-def image_exists(client: docker.DockerClient, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
 
 
 def bootstrap_base_image(
@@ -77,9 +71,9 @@ def bootstrap_base_image(
         return tag
     if from_registry:
         log(f"building {tag} from python:3.11-slim")
-        context = project_file("images/base")
+        dockerfile = io.BytesIO(asset("base-registry.Dockerfile").read_bytes())  # it copies nothing in
         try:
-            client.images.build(path=str(context), dockerfile="Dockerfile.registry", tag=tag, rm=True)
+            client.images.build(fileobj=dockerfile, tag=tag, rm=True)
         except docker.errors.DockerException as err:
             raise BootstrapError(f"could not build {tag} from the registry: {err}") from err
     else:

@@ -15,11 +15,8 @@ never rebuilds, and images of one base share its layers (projects with equal loc
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import re
-import tarfile
 import threading
 import time
 import traceback
@@ -33,26 +30,33 @@ import docker
 import docker.errors
 
 from forager.core import DEFAULT_TEST_COMMAND, ForagerError
+from forager.files import content_digest
+from forager.home import forager_home
 from forager.images.detect import InstallPlan, detect_install
 from forager.images.manifest import ImageBuildError, Manifest, ManifestEntry
-from forager.images.paths import forager_home
 from forager.images.resolve import Lock, Target, ensure_lock_wheelhouse, resolve_lock
 from forager.images.source import FetchedSource, fetch_source
 from forager.images.spec import ImageSpec, Recipe, normalize_name, parse_source, recipe_for
+from forager.images.layers import (
+    UID,
+    USER,
+    VENV,
+    WORKDIR,
+    commit_layer,
+    env_script,
+    probe_base,
+    repo_script,
+    test_command_for,
+)
 from forager.images.verify import verify_image
-from forager.runtime.base import owner_labels
+from forager.runtime.docker import image_exists
 
 BASE_IMAGE = "forager/base:latest"
 ENV_REPOSITORY = "forager/env"
 REPO_PREFIX = "forager/repo-"
-USER, UID = "forager", 1000
-VENV = "/opt/venv"
-WORKDIR = "/repo"
-GIT_EXCLUDES = ["*.egg-info/", "__pycache__/", "*.pyc", ".eggs/", "build/", ".pytest_cache/", ".hypothesis/",
-                "*.so", ".coverage*"]
 
 StageCallback = Callable[[str, str, str], None]
-"""(source, stage, detail): called as a build moves on; stage is a STAGES name, `done`, `cached` or `failed`."""
+"""(source, stage, detail): called as a build moves on; stage is one named at the top, `done`, `cached` or `failed`."""
 
 
 @dataclass
@@ -126,6 +130,21 @@ def build_image(source: str | ImageSpec, options: BuildOptions | None = None,
     return result
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What detection and the recipe decided for one build."""
+
+    install: InstallPlan
+    name: str
+    version: str | None
+    recipe: Recipe
+    base: str
+    base_id: str
+    target: Target
+    build_env: dict[str, str]
+    test_command: str
+
+
 class _Build:
     """One build's state: its log file, its current stage and the stage timings."""
 
@@ -169,63 +188,72 @@ class _Build:
     def _run(self, spec: ImageSpec, client: docker.DockerClient, result: BuildResult) -> None:
         fetched = fetch_source(spec, self.log)
         self.log(f"source {fetched.description} -> {fetched.root} at {fetched.commit}")
-
         self.enter("detect")
-        plan = detect_install(fetched.root)
-        name = normalize_name(spec.name or plan.name or fetched.name or fetched.root.name)
+        plan = self._plan(spec, fetched, client)
+        self.enter("resolve")
+        lock = resolve_lock(fetched.root, fetched.commit, plan.install, plan.target, plan.recipe.requirements,
+                            self.log, replace_requirements=plan.recipe.replace_requirements, env=plan.build_env)
+        self.log("lock:\n  " + "\n  ".join(lock.pins))
+
+        # A layer's tag hashes what it is made from: its parent, its script and the files copied in.
+        env_layer_script = env_script(plan.recipe, online=self.options.online)
+        env_tag = f"{ENV_REPOSITORY}:" + content_digest({"base": plan.base_id, "pins": lock.pins,
+                                                          "script": env_layer_script})
+        repo_layer_script = repo_script(plan.recipe, plan.build_env)
+        tag = f"{REPO_PREFIX}{plan.name}:" + content_digest({
+            "env": env_tag, "commit": fetched.commit, "script": repo_layer_script, "env_vars": plan.build_env})
+        result.tag = tag
+        labels = {"forager": "1", "forager.name": plan.name, "forager.version": plan.version or "",
+                  "forager.source": spec.source, "forager.source_kind": spec.kind,
+                  "forager.base_commit": fetched.commit, "forager.python": plan.target.python,
+                  "forager.base": plan.base, "forager.env": env_tag, "forager.test_command": plan.test_command}
+        with _tag_lock(tag):
+            repo_cached = image_exists(client, tag) and not self.options.force
+            if not repo_cached:
+                with _tag_lock(env_tag):
+                    if not image_exists(client, env_tag) or self.options.force:
+                        wheels = None
+                        if not self.options.online:
+                            self.enter("wheelhouse", f"{len(lock.pins)} packages")
+                            wheels = ensure_lock_wheelhouse(lock, plan.target, self.log, plan.build_env)
+                        self.enter("env", env_tag)
+                        self._env_layer(client, plan.base, env_tag, env_layer_script, lock, wheels, plan.recipe,
+                                        plan.target)
+                self.enter("repo", tag)
+                self._repo_layer(client, env_tag, tag, repo_layer_script, fetched, plan.build_env, labels)
+        self._verify(client, tag, labels, plan, lock, fetched, repo_cached, result)
+
+    def _plan(self, spec: ImageSpec, fetched: FetchedSource, client: docker.DockerClient) -> _Plan:
+        """The install plan, the recipe's overrides and the base image's Python: what the layers are made of."""
+        install = detect_install(fetched.root)
+        name = normalize_name(spec.name or install.name or fetched.name or fetched.root.name)
         recipe, recipe_path = (spec.recipe, spec.recipe_path) if spec.recipe else recipe_for(name, self.options.recipe)
         recipe = recipe or Recipe()
         if recipe_path:
             self.log(f"recipe {recipe_path}: {recipe.model_dump(exclude_defaults=True)}")
-        version = recipe.version or spec.version or plan.version or fetched.version
+        version = recipe.version or spec.version or install.version or fetched.version
         if recipe.extras is not None:
-            plan.extras = list(recipe.extras)
-        self.log("install plan: " + plan.model_dump_json(indent=1))
-        if not plan.has_tests and not recipe.test_command:
+            install.extras = list(recipe.extras)
+        self.log("install plan: " + install.model_dump_json(indent=1))
+        if not install.has_tests and not recipe.test_command:
             raise ImageBuildError("detect", "no tests collected: the source has no test files (test_*.py, *_test.py); "
                                   "a source release may leave them out: build from the git repository instead")
         base = recipe.base or self.options.base
-        base_id, target = _probe_base(client, base)
+        base_id, target = probe_base(client, base)
         if recipe.python and recipe.python != target.python:
             raise ImageBuildError("detect", f"the recipe asks for Python {recipe.python}, but {base} has "
                                   f"{target.python}: set `base` to an image with that Python, or drop `python`")
-        build_env = {"SETUPTOOLS_SCM_PRETEND_VERSION": version} if plan.vcs_version and version else {}
+        build_env = {"SETUPTOOLS_SCM_PRETEND_VERSION": version} if install.vcs_version and version else {}
         build_env.update(recipe.env)
+        return _Plan(install, name, version, recipe, base, base_id, target, build_env, test_command_for(recipe))
 
-        self.enter("resolve")
-        lock = resolve_lock(fetched.root, fetched.commit, plan, target, recipe.requirements, self.log,
-                            replace_requirements=recipe.replace_requirements, env=build_env)
-        self.log("lock:\n  " + "\n  ".join(lock.pins))
-
-        # A layer's tag hashes what it is made from: its parent, its script and the files copied in.
-        env_script = _env_script(recipe, online=self.options.online)
-        env_tag = f"{ENV_REPOSITORY}:" + _digest({"base": base_id, "pins": lock.pins, "script": env_script})
-        repo_script = _repo_script(recipe, build_env)
-        tag = f"{REPO_PREFIX}{name}:" + _digest({"env": env_tag, "commit": fetched.commit, "script": repo_script,
-                                                 "env_vars": build_env})
-        result.tag = tag
-        test_command = _test_command(recipe)
-        labels = {"forager": "1", "forager.name": name, "forager.version": version or "",
-                  "forager.source": spec.source, "forager.source_kind": spec.kind,
-                  "forager.base_commit": fetched.commit, "forager.python": target.python, "forager.base": base,
-                  "forager.env": env_tag, "forager.test_command": test_command}
-
-        with _tag_lock(tag):
-            repo_cached = _exists(client, tag) and not self.options.force
-            if not repo_cached:
-                with _tag_lock(env_tag):
-                    if not _exists(client, env_tag) or self.options.force:
-                        wheels = None
-                        if not self.options.online:
-                            self.enter("wheelhouse", f"{len(lock.pins)} packages")
-                            wheels = ensure_lock_wheelhouse(lock, target, self.log, build_env)
-                        self.enter("env", env_tag)
-                        self._env_layer(client, base, env_tag, env_script, lock, wheels, recipe, target)
-                self.enter("repo", tag)
-                self._repo_layer(client, env_tag, tag, repo_script, fetched, build_env, labels)
+    def _verify(self, client: docker.DockerClient, tag: str, labels: dict[str, str], plan: _Plan, lock: Lock,
+                fetched: FetchedSource, repo_cached: bool, result: BuildResult) -> None:
+        """Collect and run the suite in the image and write its manifest entry (unless one already holds)."""
+        recipe = plan.recipe
         min_share = recipe.min_pass_share if recipe.min_pass_share is not None else self.options.min_pass_share
         previous = Manifest().get(tag)
-        if repo_cached and previous and previous.test_command.startswith(test_command) \
+        if repo_cached and previous and previous.test_command.startswith(plan.test_command) \
                 and (previous.min_pass_share == min_share or not self.options.verify):
             self.log(f"{tag}: the image and its manifest entry exist; nothing to do")
             result.cached, result.entry = True, previous
@@ -235,13 +263,13 @@ class _Build:
             return
         self.enter("collect", tag)
         timeout = recipe.test_timeout or self.options.test_timeout
-        verification = verify_image(tag, test_command, min_pass_share=min_share, timeout=timeout, client=client,
+        verification = verify_image(tag, plan.test_command, min_pass_share=min_share, timeout=timeout, client=client,
                                     log=self.log, on_run=lambda n: self.enter("verify", f"{n} tests"))
         self.log(verification.log[-20000:])
         self.enter("manifest")
         entry = _entry(client, tag, labels, verification, min_share, self.log_file.name)
         entry.requirements = lock.pins
-        entry.notes = [*plan.notes, *lock.notes, f"source: {fetched.description}"]
+        entry.notes = [*plan.install.notes, *lock.notes, f"source: {fetched.description}"]
         entry.stage_s = {k: v for k, v in self.stage_s.items() if k != "manifest"}
         entry.build_s = round(sum(entry.stage_s.values()), 2)
         Manifest().put(entry)
@@ -262,55 +290,16 @@ class _Build:
         labels = {"forager": "1", "forager.kind": "env", "forager.python": target.python, "forager.base": base}
         changes = [f"ENV PATH={VENV}/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
                    f"ENV VIRTUAL_ENV={VENV}", 'CMD ["bash"]']
-        self._commit_layer(client, base, tag, script, files, changes, labels, network, "env")
+        commit_layer(client, base, tag, script, files, changes, labels, network=network, stage="env",
+                     log_file=self.log_file, timeout=self.options.layer_timeout)
 
     def _repo_layer(self, client, env_tag: str, tag: str, script: str, fetched: FetchedSource,
                     build_env: dict[str, str], labels: dict[str, str]) -> None:
         files = {"/": [("repo", fetched.root, UID)]}
         changes = [*(f"ENV {k}={json.dumps(v)}" for k, v in build_env.items()), f"USER {USER}", f"WORKDIR {WORKDIR}",
                    'CMD ["bash"]']
-        self._commit_layer(client, env_tag, tag, script, files, changes, {**labels, "forager.kind": "repo"},
-                           False, "repo")
-
-    def _commit_layer(self, client, image: str, tag: str, script: str, files: dict, changes: list[str],
-                      labels: dict[str, str], network: bool, stage: str) -> None:
-        """Run `script` as root in a container from `image` with `files` copied in, and commit it as `tag`."""
-        self.log(f"$ bash -c (in {image}, network {'on' if network else 'off'}):\n{script}")
-        # The build container names its owner, so `forager gc` removes it if this process dies.
-        container = client.containers.create(
-            image, ["bash", "-c", script], user="0", labels={**labels, **owner_labels()}, working_dir="/",
-            network_mode="bridge" if network else "none", entrypoint=[],
-        )
-        try:
-            for dest, entries in files.items():
-                container.put_archive(dest, _tar(entries))
-            container.start()
-            timer = threading.Timer(self.options.layer_timeout, lambda: _kill(container))
-            timer.start()
-            try:
-                for chunk in container.logs(stream=True, follow=True):
-                    self.log_file.write(chunk.decode("utf-8", "replace"))
-                self.log_file.flush()
-                status = container.wait()
-            finally:
-                timer.cancel()
-            code = status.get("StatusCode")
-            if code != 0:
-                output = container.logs().decode("utf-8", "replace")
-                reason = _install_failure(output, code, self.options.layer_timeout)
-                raise ImageBuildError(stage, f"install error: {reason}", self.log_file.name, output[-2500:])
-            repository, _, version = tag.partition(":")
-            # A commit keeps the container's labels: blank the owner out, or every container of the
-            # image would name this (soon dead) build process as its owner.
-            blank_owner = "LABEL " + " ".join(f'{key}=""' for key in owner_labels() if key != "forager")
-            container.commit(repository=repository, tag=version, changes=[*changes, blank_owner],
-                             message=f"forager {stage} layer", author="forager")
-            self.log(f"committed {tag}")
-        finally:
-            try:
-                container.remove(force=True)
-            except docker.errors.DockerException:
-                pass
+        commit_layer(client, env_tag, tag, script, files, changes, {**labels, "forager.kind": "repo"},
+                     network=False, stage="repo", log_file=self.log_file, timeout=self.options.layer_timeout)
 
 
 def verify_tag(tag: str, min_pass_share: float | None = None, timeout: float = 900.0, log=print) -> ManifestEntry:
@@ -355,46 +344,9 @@ def _entry(client, tag: str, labels: dict[str, str], verification, min_share: fl
     )
 
 
-# -- layer scripts (run as root; what they say is part of the layer's tag) ------------------------------
-def _env_script(recipe: Recipe, online: bool) -> str:
-    pip = f"{VENV}/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps"
-    lines = ["set -eux", f"id -u {USER} >/dev/null 2>&1 || useradd --create-home --uid {UID} --shell /bin/bash {USER}"]
-    if recipe.system_packages:
-        lines += ["apt-get update -qq",
-                  "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
-                  + " ".join(_shell_quote(p) for p in recipe.system_packages), "rm -rf /var/lib/apt/lists/*"]
-    lines.append(f"python3 -m venv {VENV}")
-    if online:  # the locked pins, from the index the image can reach
-        lines.append(f"{pip} -r /tmp/requirements.txt && rm -f /tmp/requirements.txt")
-    else:  # offline: the host's wheelhouse, no index
-        lines += [f"{pip} --no-index --find-links /tmp/wheelhouse -r /tmp/wheelhouse/requirements.txt",
-                  "rm -rf /tmp/wheelhouse"]
-    lines += [f"git config --system user.name {USER}", f"git config --system user.email {USER}@localhost",
-              "git config --system --add safe.directory '*'", "git config --system init.defaultBranch main"]
-    return "\n".join(lines)
-
-
-def _repo_script(recipe: Recipe, build_env: dict[str, str]) -> str:
-    # --use-pep517: a setup.py-only project goes through setuptools' PEP 660 hook too, not `setup.py
-    # develop` (which newer setuptools turns into a pip call that wants an index).
-    install = recipe.install or (f"{VENV}/bin/python -m pip install --no-index --no-deps --no-build-isolation "
-                                 "--use-pep517 --disable-pip-version-check -e .")
-    return "\n".join([
-        "set -eux", *(f"export {k}={_shell_quote(v)}" for k, v in build_env.items()), f"cd {WORKDIR}",
-        f"printf '%s\\n' {' '.join(_shell_quote(p) for p in GIT_EXCLUDES)} >> .git/info/exclude",
-        *recipe.pre_install, install,
-        # The commit's files stay as they were (tasks diff against it): files the install rewrote
-        # (a setuptools-scm `_version.py`) go back to the committed text.
-        "changed=$(git diff --name-only)",
-        'if [ -n "$changed" ]; then echo "restoring files the install rewrote: $changed"; git checkout -- .; fi',
-        f"chown -R {USER}:{USER} {WORKDIR}",
-    ])
-
-
 # -- helpers -----------------------------------------------------------------------------------------
 _tag_locks: dict[str, threading.Lock] = {}
 _tag_locks_guard = threading.Lock()
-_probe_cache: dict[str, tuple[str, Target]] = {}
 
 
 def _tag_lock(tag: str) -> threading.Lock:
@@ -403,100 +355,12 @@ def _tag_lock(tag: str) -> threading.Lock:
         return _tag_locks.setdefault(tag, threading.Lock())
 
 
-def _probe_base(client, base: str) -> tuple[str, Target]:
-    """The base image's id, Python version, machine and glibc (cached by image id)."""
-    try:
-        image = client.images.get(base)
-    except docker.errors.ImageNotFound as err:
-        raise ImageBuildError("detect", f"no base image {base}: build it with `forager images bootstrap`") from err
-    if image.id in _probe_cache:
-        return _probe_cache[image.id]
-    cache = forager_home() / "images" / "bases" / f"{image.id.replace(':', '-')}.json"
-    if cache.is_file():
-        info = json.loads(cache.read_text())
-    else:
-        out = client.containers.run(
-            image.id, ["python3", "-c", "import json, platform, sys; print(json.dumps({'python': '%d.%d' % "
-                       "sys.version_info[:2], 'machine': platform.machine(), 'glibc': platform.libc_ver()[1]}))"],
-            remove=True, network_mode="none", user="0", entrypoint=[],
-        )
-        info = json.loads(out.decode().strip().splitlines()[-1])
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(info))
-    probe = (image.id, Target(info["python"], info["machine"], info["glibc"] or "2.17"))
-    _probe_cache[image.id] = probe
-    return probe
-
-
-def _test_command(recipe: Recipe) -> str:
-    command = recipe.test_command or DEFAULT_TEST_COMMAND
-    for item in recipe.ignore_tests:
-        command += f" --deselect={_shell_quote(item)}" if "::" in item else f" --ignore={_shell_quote(item)}"
-    return command
-
-
-def _tar(entries: list[tuple[str, Path | str, int]]) -> bytes:
-    """A tar of (name, directory or text, owner uid) entries; owners are set here, not by a chown layer."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content, uid in entries:
-            def owned(info: tarfile.TarInfo, uid: int = uid) -> tarfile.TarInfo:
-                info.uid = info.gid = uid
-                info.uname = info.gname = ""
-                return info
-            if isinstance(content, Path):
-                tar.add(content, arcname=name, filter=owned)
-            else:
-                data = content.encode()
-                info = owned(tarfile.TarInfo(name))
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def _install_failure(output: str, code: int | None, timeout: float) -> str:
-    if code in (137, -9):
-        return f"the step was killed (timed out after {timeout:g}s, or out of memory)"
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    # pip's own verdict first, then any error line, then the last line
-    for pattern in (r"ERROR: (?!Exception)", r"(E:|fatal:|error:|\w+Error:)"):
-        found = [line for line in lines if re.match(pattern, line) and "subprocess-exited-with-error" not in line]
-        if found:
-            return f"the step exited with {code}: {found[-1][:400]}"
-    return f"the step exited with {code}: {(lines or [''])[-1][:400]}"
-
-
-def _kill(container) -> None:
-    try:
-        container.kill()
-    except docker.errors.DockerException:
-        pass
-
-
-def _exists(client, tag: str) -> bool:
-    try:
-        client.images.get(tag)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-
-
-def _digest(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _shell_quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
-
-
 def _log_path(source: str) -> Path:
     directory = forager_home() / "logs" / "images"
     directory.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9.=_-]+", "_", source.strip("/"))[-60:] or "image"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return directory / f"{stamp}-{slug}-{hashlib.sha256(f'{time.time_ns()}{source}'.encode()).hexdigest()[:6]}.log"
+    return directory / f"{stamp}-{slug}-{content_digest(f'{time.time_ns()}{source}', length=6)}.log"
 
 
 __all__ = ["BuildOptions", "BuildResult", "InstallPlan", "build_image", "build_images", "verify_tag"]

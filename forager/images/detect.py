@@ -12,8 +12,17 @@ import configparser
 import re
 from pathlib import Path
 
-import tomllib
 from pydantic import BaseModel, Field
+
+from forager.images.metadata import (
+    lines_of,
+    literal_version,
+    pkg_info_version,
+    read_ini,
+    read_toml,
+    setup_py_keywords,
+    text_or_none,
+)
 
 TEST_NAMES = ("test", "tests", "testing")
 DEV_NAMES = ("dev", "develop", "development")
@@ -66,54 +75,15 @@ class InstallPlan(BaseModel):
 def detect_install(root: Path) -> InstallPlan:
     """Read `root`'s packaging and test files into an install plan."""
     plan = InstallPlan()
-    extras_available: set[str] = set()
-    pyproject = _toml(root / "pyproject.toml")
-    setup_cfg = _ini(root / "setup.cfg")
-    setup_py = _setup_py_keywords(root / "setup.py")
-
-    if pyproject is not None:
-        build = pyproject.get("build-system", {})
-        if build.get("requires") is not None:
-            plan.build_requires = list(build["requires"])
-        plan.build_backend = build.get("build-backend") or LEGACY_BACKEND
-        plan.notes.append(f"build backend {plan.build_backend} (pyproject.toml)")
-        project = pyproject.get("project", {})
-        plan.name = project.get("name")
-        plan.version = project.get("version")
-        plan.requires_python = project.get("requires-python")
-        if "dependencies" not in project.get("dynamic", []) and "name" in project:
-            plan.dependencies = list(project.get("dependencies", []))
-        extras_available |= set(project.get("optional-dependencies", {}))
-    else:
-        plan.notes.append("no pyproject.toml: setuptools' legacy backend")
+    pyproject = read_toml(root / "pyproject.toml")
+    setup_cfg = read_ini(root / "setup.cfg")
+    setup_py = setup_py_keywords(root / "setup.py")
+    extras_available = _from_pyproject(plan, pyproject)
     if setup_cfg is not None:
-        plan.name = plan.name or setup_cfg.get("metadata", "name", fallback=None)
-        plan.version = plan.version or _literal_version(setup_cfg.get("metadata", "version", fallback=None))
-        plan.requires_python = plan.requires_python or setup_cfg.get("options", "python_requires", fallback=None)
-        if setup_cfg.has_section("options.extras_require"):
-            extras_available |= set(setup_cfg.options("options.extras_require"))
-        if setup_cfg.has_option("options", "install_requires") and plan.dependencies is None and pyproject is None:
-            plan.dependencies = _lines(setup_cfg.get("options", "install_requires"))
-        if setup_cfg.has_option("options", "setup_requires"):
-            plan.build_requires += _lines(setup_cfg.get("options", "setup_requires"))
-        for key in ("tests_require",):
-            if setup_cfg.has_option("options", key):
-                _add(plan, _lines(setup_cfg.get("options", key)), "setup.cfg tests_require")
+        extras_available |= _from_setup_cfg(plan, setup_cfg, pyproject is not None)
     if setup_py is not None:
-        plan.name = plan.name or _str(setup_py.get("name"))
-        plan.version = plan.version or _str(setup_py.get("version"))
-        plan.requires_python = plan.requires_python or _str(setup_py.get("python_requires"))
-        extras = setup_py.get("extras_require")
-        if isinstance(extras, dict):
-            extras_available |= {k for k in extras if isinstance(k, str)}
-        if isinstance(setup_py.get("tests_require"), list):
-            _add(plan, [r for r in setup_py["tests_require"] if isinstance(r, str)], "setup.py tests_require")
-        if isinstance(setup_py.get("setup_requires"), list):
-            plan.build_requires += [r for r in setup_py["setup_requires"] if isinstance(r, str)]
-        if setup_py.get("use_scm_version"):
-            plan.vcs_version = True
-            plan.build_requires.append("setuptools-scm")
-    plan.version = plan.version or _pkg_info_version(root / "PKG-INFO")
+        extras_available |= _from_setup_py(plan, setup_py)
+    plan.version = plan.version or pkg_info_version(root / "PKG-INFO")
 
     chosen = _pick(extras_available)
     if chosen:
@@ -125,7 +95,62 @@ def detect_install(root: Path) -> InstallPlan:
     _tox(plan, root, setup_cfg, pyproject)
     _nox(plan, root)
     _pytest_plugins(plan, root, setup_cfg, pyproject)
+    _settle(plan)
+    plan.has_tests = _has_tests(root)
+    return plan
 
+
+# -- project metadata: name, version, dependencies and the extras on offer ---------------------------
+def _from_pyproject(plan: InstallPlan, pyproject: dict | None) -> set[str]:
+    if pyproject is None:
+        plan.notes.append("no pyproject.toml: setuptools' legacy backend")
+        return set()
+    build = pyproject.get("build-system", {})
+    if build.get("requires") is not None:
+        plan.build_requires = list(build["requires"])
+    plan.build_backend = build.get("build-backend") or LEGACY_BACKEND
+    plan.notes.append(f"build backend {plan.build_backend} (pyproject.toml)")
+    project = pyproject.get("project", {})
+    plan.name = project.get("name")
+    plan.version = project.get("version")
+    plan.requires_python = project.get("requires-python")
+    if "dependencies" not in project.get("dynamic", []) and "name" in project:
+        plan.dependencies = list(project.get("dependencies", []))
+    return set(project.get("optional-dependencies", {}))
+
+
+def _from_setup_cfg(plan: InstallPlan, setup_cfg: configparser.ConfigParser, has_pyproject: bool) -> set[str]:
+    plan.name = plan.name or setup_cfg.get("metadata", "name", fallback=None)
+    plan.version = plan.version or literal_version(setup_cfg.get("metadata", "version", fallback=None))
+    plan.requires_python = plan.requires_python or setup_cfg.get("options", "python_requires", fallback=None)
+    if setup_cfg.has_option("options", "install_requires") and plan.dependencies is None and not has_pyproject:
+        plan.dependencies = lines_of(setup_cfg.get("options", "install_requires"))
+    if setup_cfg.has_option("options", "setup_requires"):
+        plan.build_requires += lines_of(setup_cfg.get("options", "setup_requires"))
+    if setup_cfg.has_option("options", "tests_require"):
+        _add(plan, lines_of(setup_cfg.get("options", "tests_require")), "setup.cfg tests_require")
+    if setup_cfg.has_section("options.extras_require"):
+        return set(setup_cfg.options("options.extras_require"))
+    return set()
+
+
+def _from_setup_py(plan: InstallPlan, setup_py: dict) -> set[str]:
+    plan.name = plan.name or text_or_none(setup_py.get("name"))
+    plan.version = plan.version or text_or_none(setup_py.get("version"))
+    plan.requires_python = plan.requires_python or text_or_none(setup_py.get("python_requires"))
+    if isinstance(setup_py.get("tests_require"), list):
+        _add(plan, [r for r in setup_py["tests_require"] if isinstance(r, str)], "setup.py tests_require")
+    if isinstance(setup_py.get("setup_requires"), list):
+        plan.build_requires += [r for r in setup_py["setup_requires"] if isinstance(r, str)]
+    if setup_py.get("use_scm_version"):
+        plan.vcs_version = True
+        plan.build_requires.append("setuptools-scm")
+    extras = setup_py.get("extras_require")
+    return {k for k in extras if isinstance(k, str)} if isinstance(extras, dict) else set()
+
+
+def _settle(plan: InstallPlan) -> None:
+    """What follows from everything read: VCS versioning, editable-build needs, pytest, no duplicates."""
     plan.vcs_version = plan.vcs_version or any(_req_name(r) in VCS_VERSIONING for r in plan.build_requires)
     # What a backend's get_requires_for_build_editable adds: with --no-build-isolation nobody installs it.
     for backend, needed in EDITABLE_REQUIRES.items():
@@ -136,8 +161,6 @@ def detect_install(root: Path) -> InstallPlan:
     if not any(_req_name(r) == "pytest" for r in plan.test_requirements):
         plan.test_requirements.append("pytest")
     plan.build_requires = _dedupe(plan.build_requires)
-    plan.has_tests = _has_tests(root)
-    return plan
 
 
 # -- sources of test requirements ----------------------------------------------------------------------
@@ -228,7 +251,7 @@ def _read_requirements(path: Path, root: Path, depth: int = 0) -> list[str]:
 
 
 def _tox(plan: InstallPlan, root: Path, setup_cfg: configparser.ConfigParser | None, pyproject: dict | None) -> None:
-    config = _ini(root / "tox.ini")
+    config = read_ini(root / "tox.ini")
     where = "tox.ini"
     if config is None and setup_cfg is not None and setup_cfg.has_section("testenv"):
         config, where = setup_cfg, "setup.cfg [testenv]"
@@ -243,7 +266,7 @@ def _tox(plan: InstallPlan, root: Path, setup_cfg: configparser.ConfigParser | N
     if config is None or not config.has_section("testenv"):
         return
     deps = []
-    for line in _lines(config.get("testenv", "deps", fallback="")):
+    for line in lines_of(config.get("testenv", "deps", fallback="")):
         if line.startswith(("-r", "-c")):
             target = re.sub(r"^-[rc]\s*", "", line).replace("{toxinidir}/", "").replace("{toxinidir}", ".")
             if line.startswith("-r") and "{" not in target:
@@ -251,7 +274,7 @@ def _tox(plan: InstallPlan, root: Path, setup_cfg: configparser.ConfigParser | N
         elif "{" not in line and not line.startswith("-"):
             deps.append(re.sub(r"^[\w,.-]+:\s*", "", line) if re.match(r"^[\w,.-]+:\s", line) else line)
     _add(plan, deps, f"{where} deps", filter_tools=True)
-    _extras(plan, _lines(config.get("testenv", "extras", fallback="").replace(",", "\n")), where)
+    _extras(plan, lines_of(config.get("testenv", "extras", fallback="").replace(",", "\n")), where)
 
 
 def _nox(plan: InstallPlan, root: Path) -> None:
@@ -285,7 +308,7 @@ def _pytest_plugins(plan: InstallPlan, root: Path, setup_cfg, pyproject) -> None
     """Plugins that the pytest configuration needs to even start (addopts, required_plugins, ini keys)."""
     settings: dict[str, str] = {}
     for path, section in ((root / "pytest.ini", "pytest"), (root / "tox.ini", "pytest")):
-        config = _ini(path)
+        config = read_ini(path)
         if config is not None and config.has_section(section):
             settings.update(config.items(section))
     if setup_cfg is not None and setup_cfg.has_section("tool:pytest"):
@@ -350,91 +373,6 @@ def _dedupe(items) -> list[str]:
     for item in items:
         seen.setdefault(item.strip(), item.strip())
     return list(seen)
-
-
-def _lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-
-
-def _toml(path: Path) -> dict | None:
-    try:
-        return tomllib.loads(path.read_text(errors="replace")) if path.is_file() else None
-    except tomllib.TOMLDecodeError:
-        return None
-
-
-def _ini(path: Path) -> configparser.ConfigParser | None:
-    if not path.is_file():
-        return None
-    config = configparser.ConfigParser(interpolation=None, strict=False)
-    try:
-        config.read(path)
-    except (configparser.Error, UnicodeDecodeError):
-        return None
-    return config
-
-
-def _literal_version(value: str | None) -> str | None:
-    return value if value and re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", value) else None
-
-
-def _str(value) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _pkg_info_version(path: Path) -> str | None:
-    try:
-        match = re.search(r"(?m)^Version:\s*(\S+)", path.read_text(errors="replace"))
-    except OSError:
-        return None
-    return match[1] if match else None
-
-
-def _setup_py_keywords(path: Path) -> dict | None:
-    """The literal keyword arguments of `setup(...)` in setup.py (names bound at module level resolved)."""
-    if not path.is_file():
-        return None
-    try:
-        tree = ast.parse(path.read_text(errors="replace"))
-    except SyntaxError:
-        return {}
-    names: dict[str, object] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                names[node.targets[0].id] = _literal(node.value, names)
-            except (ValueError, TypeError):
-                pass
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "setup":
-            out: dict[str, object] = {}
-            for keyword in node.keywords:
-                if keyword.arg is None:
-                    continue
-                try:
-                    out[keyword.arg] = _literal(keyword.value, names)
-                except (ValueError, TypeError):
-                    out[keyword.arg] = True if keyword.arg == "use_scm_version" else None
-            return out
-    return {}
-
-
-def _literal(node: ast.AST, names: dict[str, object]) -> object:
-    """A literal, with module-level names and list concatenation resolved; ValueError for anything computed."""
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name) and node.id in names:
-        return names[node.id]
-    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-        return [_literal(e, names) for e in node.elts]
-    if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_literal(k, names): _literal(v, names)  # type: ignore[arg-type]
-                for k, v in zip(node.keys, node.values, strict=True)}
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        left, right = _literal(node.left, names), _literal(node.right, names)
-        if isinstance(left, list) and isinstance(right, list):
-            return left + right
-    raise ValueError(ast.dump(node)[:80])
 
 
 def _has_tests(root: Path) -> bool:

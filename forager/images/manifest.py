@@ -16,9 +16,7 @@ from pydantic import BaseModel, Field
 
 from forager.core import ForagerError
 from forager.files import atomic_write_text
-from forager.images.paths import forager_home
-
-STAGES = ("fetch", "detect", "resolve", "wheelhouse", "env", "repo", "collect", "verify")
+from forager.home import forager_home
 
 
 class ImageBuildError(ForagerError):

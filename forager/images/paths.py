@@ -1,28 +1,20 @@
-"""Where Forager keeps what it builds, and where the source checkout keeps recipes and examples."""
+"""The data Forager ships (the sample repository, Dockerfiles) and the recipes."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from forager.core import ForagerError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The source checkout (its `images/recipes/` holds the project recipes); absent in an installed wheel."""
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def forager_home() -> Path:
-    """Cache for built artifacts ($FORAGER_HOME, default ~/.cache/forager)."""
-    home = Path(os.environ.get("FORAGER_HOME") or Path.home() / ".cache" / "forager")
-    home.mkdir(parents=True, exist_ok=True)
-    return home
-
-
-def project_file(relative: str) -> Path:
-    """A file of the source checkout (Dockerfiles, the sample repository), or a clear error."""
-    path = PROJECT_ROOT / relative
+def asset(name: str) -> Path:
+    """A file Forager ships as package data (`forager/assets/`: the sample repository, its bugs, Dockerfiles)."""
+    path = ASSETS / name
     if not path.exists():
-        raise ForagerError(
-            f"{relative} is missing: it ships with Forager's source checkout; install Forager from a clone "
-            "(`pip install -e .`) to build images and use the sample repository"
-        )
+        raise ForagerError(f"{path} is missing: this Forager installation is incomplete; reinstall it "
+                           "(`pip install --force-reinstall forager`, or `pip install -e .` in a clone)")
     return path

@@ -8,7 +8,6 @@ rebuild neither resolves nor downloads again; the wheelhouse is cached by the lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,10 +18,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from forager.files import atomic_write_text, content_digest
+from forager.home import forager_home
 from forager.images.detect import InstallPlan
 from forager.images.manifest import ImageBuildError
-from forager.files import atomic_write_text
-from forager.images.paths import forager_home
 
 RESOLVER_VERSION = 1  # bump when what goes into a lock changes
 
@@ -69,7 +68,7 @@ def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, ext
     inputs = {"commit": commit, "env": env or {}, "extras": plan.extras, "test": test_reqs,
               "build": plan.build_requires,
               "target": [target.python, target.machine, target.glibc], "version": RESOLVER_VERSION}
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    key = content_digest(inputs, length=16)
     cached = forager_home() / "images" / "locks" / f"{key}.json"
     if cached.is_file():
         data = json.loads(cached.read_text())
@@ -114,8 +113,9 @@ def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, ext
 
 def ensure_lock_wheelhouse(lock: Lock, target: Target, log, env: dict[str, str] | None = None) -> Path:
     """Every pinned package as a wheel in one directory (requirements.txt lists the pins)."""
-    digest = hashlib.sha256(json.dumps([lock.pins, target.python, target.machine, target.glibc]).encode())
-    directory = forager_home() / "wheelhouse" / f"lock-{digest.hexdigest()[:16]}"
+    # strings only, no dict: sorting keys changes nothing, so the cached wheelhouses keep their names
+    digest = content_digest([lock.pins, target.python, target.machine, target.glibc], length=16)
+    directory = forager_home() / "wheelhouse" / f"lock-{digest}"
     if (directory / "requirements.txt").is_file():
         log(f"wheelhouse {directory} from the cache")
         return directory

@@ -1,4 +1,4 @@
-"""The sample repository (examples/sample-repo): a git repository on the host, an image, and tasks.
+"""The sample repository (forager/assets/sample-repo, shipped as package data): a git repository on the host, an image, and tasks.
 
 Its commit is made with fixed author, committer and dates, so the same files always give the same
 commit id: a task names it, and the image and the local clone agree on it.
@@ -6,30 +6,29 @@ commit id: a task names it, and the image and the local clone agree on it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import subprocess
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 
 from forager.core import ForagerError, Task
-from forager.images.bootstrap import BASE_REPOSITORY, bootstrap_base_image, image_exists
-from forager.images.paths import forager_home, project_file
-from forager.images.wheelhouse import ensure_wheelhouse
+from forager.files import content_digest, tree_digest
+from forager.git import FIXED_IDENTITY, run_git
+from forager.home import ensure_wheelhouse, forager_home
+from forager.images.bootstrap import BASE_REPOSITORY, bootstrap_base_image
+from forager.images.paths import asset
+from forager.runtime.docker import docker_client, image_exists
+from forager.runtime.registry import choose_runtime
 
 SAMPLE_REPOSITORY = "forager/sample"
 SAMPLE_REQUIREMENTS = ["pytest==8.3.4"]
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Forager", "GIT_AUTHOR_EMAIL": "forager@localhost", "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z",
-    "GIT_COMMITTER_NAME": "Forager", "GIT_COMMITTER_EMAIL": "forager@localhost",
-    "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
-}
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", ".git")
 
 
@@ -40,25 +39,13 @@ class SampleRepo:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, **_GIT_ENV}
-    result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ForagerError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}")
-    return result.stdout
-
-
-def _tree_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                       and ".pytest_cache" not in p.parts):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    return run_git(cwd, *args, env=FIXED_IDENTITY)  # the fixed identity: the same files, the same commit id
 
 
 def sample_repo() -> SampleRepo:
     """The sample library as a one-commit git repository under $FORAGER_HOME (made once per content)."""
-    source = project_file("examples/sample-repo")
-    target = forager_home() / "sample" / f"repo-{_tree_digest(source)}"
+    source = asset("sample-repo")
+    target = forager_home() / "sample" / f"repo-{tree_digest(source, skip=('__pycache__', '.pytest_cache'))}"
     if not (target / ".git").exists():
         partial = Path(tempfile.mkdtemp(prefix="repo-", dir=target.parent if target.parent.exists()
                                         else forager_home()))
@@ -77,8 +64,8 @@ def sample_repo() -> SampleRepo:
 
 def sample_image_tag(client: docker.DockerClient, base: str, repo: SampleRepo) -> str:
     base_id = client.images.get(base).id
-    dockerfile = project_file("images/sample/Dockerfile").read_bytes()
-    key = hashlib.sha256(f"{base_id}|{repo.commit}|{SAMPLE_REQUIREMENTS}".encode() + dockerfile).hexdigest()[:12]
+    dockerfile = asset("sample.Dockerfile").read_bytes()
+    key = content_digest(f"{base_id}|{repo.commit}|{SAMPLE_REQUIREMENTS}", dockerfile)
     return f"{SAMPLE_REPOSITORY}:{key}"
 
 
@@ -97,7 +84,7 @@ def build_sample_image(client: docker.DockerClient, *, from_registry: bool = Fal
     wheels = ensure_wheelhouse(SAMPLE_REQUIREMENTS, python_version)
     with tempfile.TemporaryDirectory(prefix="forager-sample-", dir=forager_home()) as tmp:
         context = Path(tmp)
-        shutil.copy(project_file("images/sample/Dockerfile"), context / "Dockerfile")
+        shutil.copy(asset("sample.Dockerfile"), context / "Dockerfile")
         shutil.copytree(repo.path, context / "repo")
         shutil.copytree(wheels, context / "wheelhouse")
         log(f"building {tag}")
@@ -135,9 +122,9 @@ def _reverse_patch(repo: SampleRepo, patch: str) -> str:
 
 
 def sample_tasks(image: str | None = None) -> list[Task]:
-    """Tasks with planted bugs in the sample repository (examples/sample-bugs)."""
+    """Tasks with planted bugs in the sample repository (forager/assets/sample-bugs)."""
     repo = sample_repo()
-    bugs_dir = project_file("examples/sample-bugs")
+    bugs_dir = asset("sample-bugs")
     tasks = []
     for bug in json.loads((bugs_dir / "bugs.json").read_text()):
         setup_patch = (bugs_dir / bug["patch"]).read_text()
@@ -153,9 +140,33 @@ def sample_tasks(image: str | None = None) -> list[Task]:
             FAIL_TO_PASS=bug["FAIL_TO_PASS"],
             PASS_TO_PASS=bug["PASS_TO_PASS"],
             kind="mutate-fix",
-            metadata={"source": "examples/sample-bugs", "bug": bug["name"]},
+            metadata={"source": "forager/assets/sample-bugs", "bug": bug["name"]},
         ))
     return tasks
 
 
-__all__ = ["BASE_REPOSITORY", "SampleRepo", "build_sample_image", "sample_repo", "sample_tasks"]
+def sample_tasks_for_runtime(
+    runtime: str, *, log: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+    busy: Callable[[str], AbstractContextManager[Any]] = nullcontext,
+) -> tuple[list[Task], str]:
+    """The sample tasks and the runtime to run them on, building the sample image when Docker is chosen.
+
+    `auto` falls back to the local runtime (said through `warn`) when no engine answers or the image
+    cannot be built; `docker` raises instead. `busy(text)` wraps the build (a spinner, say).
+    """
+    kind = choose_runtime(runtime, log=warn)
+    if kind != "docker":
+        return sample_tasks(None), kind
+    image = None
+    with busy("building the base and sample images (first run only)"):
+        try:
+            image = build_sample_image(docker_client(), log=log)
+        except ForagerError as err:
+            if runtime == "docker":
+                raise
+            warn(f"could not build the sample image ({err}); using the local runtime")
+    return sample_tasks(image), "docker" if image else "local"
+
+
+__all__ = ["BASE_REPOSITORY", "SampleRepo", "build_sample_image", "sample_repo", "sample_tasks",
+           "sample_tasks_for_runtime"]

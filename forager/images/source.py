@@ -7,8 +7,6 @@ up to the chosen commit. Everything is cached under $FORAGER_HOME/sources, so a 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -19,16 +17,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from forager.files import content_digest, tree_digest
+from forager.git import FIXED_IDENTITY, git_command
+from forager.home import forager_home
 from forager.images.manifest import ImageBuildError
-from forager.images.paths import forager_home
 from forager.images.spec import ImageSpec, normalize_name
 
-_GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Forager", "GIT_AUTHOR_EMAIL": "forager@localhost", "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z",
-    "GIT_COMMITTER_NAME": "Forager", "GIT_COMMITTER_EMAIL": "forager@localhost",
-    "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_TERMINAL_PROMPT": "0",
-}
+_GIT_ENV = {**FIXED_IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
+"""Reproducible commits, and a clone of a private URL fails at once instead of asking for a password."""
 _SNAPSHOT_IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".tox", ".nox",
                                            ".venv", "venv", ".mypy_cache", "*.egg-info", "build", "dist")
 
@@ -86,7 +82,7 @@ def _fetch_pypi(spec: ImageSpec, log) -> FetchedSource:
         shutil.rmtree(cache, ignore_errors=True)
         partial.rename(cache)
         sdist = cache / archives[0].name
-    digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+    digest = content_digest(sdist.read_bytes(), length=None)
     target = forager_home() / "sources" / "repos" / f"pypi-{normalize_name(name)}-{version}-{digest[:12]}"
     if not (target / ".git").is_dir():
         log(f"unpacking {sdist.name} into a one-commit repository")
@@ -101,7 +97,7 @@ def _fetch_pypi(spec: ImageSpec, log) -> FetchedSource:
 
 
 def _fetch_git(url: str, rev: str | None, log) -> FetchedSource:
-    mirror = forager_home() / "sources" / "git" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    mirror = forager_home() / "sources" / "git" / content_digest(url, length=16)
     commit = None
     if mirror.is_dir() and rev:
         commit = _git(mirror, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip() or None
@@ -145,13 +141,10 @@ def _fetch_git(url: str, rev: str | None, log) -> FetchedSource:
 
 
 def _snapshot(path: Path, log) -> FetchedSource:
-    digest = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="snapshot-", dir=_mkdir(forager_home() / "sources" / "repos")) as tmp:
         copy = Path(tmp) / "tree"
         shutil.copytree(path, copy, ignore=_SNAPSHOT_IGNORED, symlinks=True)
-        for file in sorted(p for p in copy.rglob("*") if p.is_file()):
-            digest.update(str(file.relative_to(copy)).encode() + b"\0" + file.read_bytes() + b"\0")
-        target = forager_home() / "sources" / "repos" / f"dir-{normalize_name(path.name)}-{digest.hexdigest()[:12]}"
+        target = forager_home() / "sources" / "repos" / f"dir-{normalize_name(path.name)}-{tree_digest(copy)}"
         if not (target / ".git").is_dir():
             log(f"snapshot of {path} (not a git repository) as a one-commit repository")
             _commit_tree(copy, target, f"{path.name}\n\nSnapshot of {path}.")
@@ -187,7 +180,7 @@ def _head(repo: Path) -> str:
 
 
 def _git(cwd: Path, *args: str, check: bool = True, fail: str = "fetch") -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, env={**os.environ, **_GIT_ENV}, capture_output=True, text=True)
+    result = git_command(cwd, *args, env=_GIT_ENV)
     if check and result.returncode != 0:
         raise ImageBuildError(fail, f"git {' '.join(args[:3])} failed: {_last_error(result.stderr)}")
     if result.returncode != 0 and fail == "keep-errors":

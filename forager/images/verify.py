@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from forager.harness import PASS_STATUSES, PytestCommand, PytestHarness
-from forager.runtime.base import q
+from forager.runtime.base import bash_quote
 from forager.runtime.docker import DockerRuntime
 
 _ERROR_LINE = re.compile(r"^ERROR (?:collecting )?(\S+?)(?: - (.*))?$")
@@ -103,9 +103,10 @@ def verify_image(tag: str, test_command: str, *, min_pass_share: float, timeout:
 def _collect(runtime: DockerRuntime, test_command: str) -> tuple[list[str], dict[str, str], str, int | None]:
     command = PytestCommand.parse(test_command)
     assert command is not None
-    args = " ".join(q(a) for a in command.args if a != "-rA")
+    args = " ".join(bash_quote(a) for a in command.args if a != "-rA")
     obs = runtime.session.run(
-        f"cd {q(runtime.workdir)} && {command.env_prefix()}PYTHONDONTWRITEBYTECODE=1 {command.python} -m pytest "
+        f"cd {bash_quote(runtime.workdir)} && {command.env_prefix()}PYTHONDONTWRITEBYTECODE=1 "
+        f"{command.python} -m pytest "
         f"--collect-only -q -p no:cacheprovider {args}", _COLLECT_TIMEOUT, max_output_bytes=1 << 28, internal=True,
     )
     tests = [line.strip() for line in obs.output.splitlines() if "::" in line and not line.startswith((" ", "ERROR"))]

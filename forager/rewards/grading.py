@@ -1,8 +1,9 @@
 """Grading a patch the way SWE-bench does, in a way the agent cannot game.
 
-1. The agent's diff loses every change to a protected path: tests, `conftest.py`, the files the
-   hidden `test_patch` touches, interpreter hooks (`sitecustomize.py`, `*.pth`), test settings
-   (`pytest.ini`, `tox.ini`, `setup.cfg`, `pyproject.toml`) and anything named like pytest.
+1. The agent's diff loses every change to a protected path (`forager.harness.protected`): tests,
+   `conftest.py`, the files the hidden `test_patch` touches, interpreter hooks (`sitecustomize.py`,
+   `*.pth`), test settings (`pytest.ini`, `tox.ini`, `setup.cfg`, `pyproject.toml`) and anything
+   named like pytest.
 2. What is left is applied in a fresh runtime from the task image (`git apply`, then `--3way`, then
    `patch --fuzz`), then the hidden `test_patch`.
 3. Only FAIL_TO_PASS and PASS_TO_PASS run, under the hardened harness (`forager.harness`): results
@@ -15,7 +16,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import shlex
 import time
@@ -24,21 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from forager.core import ForagerError, Task
-from forager.harness import PASS_STATUSES, PytestCommand, PytestHarness
-from forager.runtime.base import ShellRuntime, q
-
-PROTECTED_PATHS: tuple[str, ...] = (
-    # tests, wherever they live
-    "tests/*", "test/*", "testing/*", "*/tests/*", "*/test/*", "*/testing/*", "test_*.py", "*_test.py",
-    "conftest.py",
-    # interpreter start-up hooks
-    "sitecustomize.py", "usercustomize.py", "*.pth",
-    # test settings (addopts, plugins, the rootdir pytest picks)
-    "pytest.ini", ".pytest.ini", "pytest.toml", "tox.ini", "setup.cfg", "pyproject.toml", "noxfile.py",
-    # stand-ins for the test runner itself
-    "pytest.py", "pytest/*", "_pytest/*", "py.py", "pluggy/*",
-)
-"""Patterns of paths the agent may not change: a pattern without `/` matches any file of that name."""
+from forager.harness import PASS_STATUSES, PROTECTED_PATHS, PytestCommand, PytestHarness, is_protected, split_diff
+from forager.runtime.base import ShellRuntime, bash_quote
 
 _STATUS_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|SKIPPED)\s")
 _SKIP_SUMMARY_COUNT = re.compile(r"^\[\d+\]$")
@@ -58,8 +45,8 @@ class RewardConfig:
 class RewardResult:
     reward: float
     resolved: bool
-    report: str
-    """FULL, PARTIAL or NO, as swebench reports resolution."""
+    resolution: str
+    """FULL, PARTIAL or NO: swebench's ResolvedStatus (`report` in files written before the rename)."""
     tests_status: dict[str, str] = field(default_factory=dict)
     """Per test: PASSED, FAILED, ERROR, SKIPPED, XFAIL, XPASS, or MISSING when it gave no result."""
     fail_to_pass: dict[str, list[str]] = field(default_factory=lambda: {"success": [], "failure": []})
@@ -77,6 +64,16 @@ class RewardResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RewardResult:
+        """The inverse of `to_dict`; also reads the old key `report` and a trajectory's `log_tail`."""
+        data = dict(data)
+        if "report" in data:
+            data.setdefault("resolution", data.pop("report"))
+        if "log_tail" in data:
+            data.setdefault("log", data.pop("log_tail"))
+        return cls(**data)
 
 
 # -- reading statuses ------------------------------------------------------------------------------
@@ -177,69 +174,15 @@ def grade_statuses(
 
     f2p_rate, p2p_rate = rate(f2p), rate(p2p)
     if f2p_rate == 1 and p2p_rate == 1:
-        report = "FULL"
+        resolution = "FULL"
     elif 0 < f2p_rate < 1 and p2p_rate == 1:
-        report = "PARTIAL"
+        resolution = "PARTIAL"
     else:
-        report = "NO"
-    return report, f2p, p2p
+        resolution = "NO"
+    return resolution, f2p, p2p
 
 
 # -- the agent's diff --------------------------------------------------------------------------------
-@dataclass
-class FilePatch:
-    old_path: str | None
-    new_path: str | None
-    text: str
-
-    @property
-    def paths(self) -> set[str]:
-        return {p for p in (self.old_path, self.new_path) if p}
-
-
-_GIT_HEADER = re.compile(r'^diff --git (?:"?a/(.+?)"?) (?:"?b/(.+?)"?)$')
-
-
-def split_diff(diff: str) -> list[FilePatch]:
-    """A unified diff (git's or plain) cut into one patch per file, with the paths it touches."""
-    lines = diff.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.startswith("diff --git ")]
-    if not starts:  # a plain unified diff: each file starts at a `--- ` line followed by `+++ `
-        starts = [i for i, line in enumerate(lines[:-1]) if line.startswith("--- ") and lines[i + 1].startswith("+++ ")]
-    patches = []
-    for n, start in enumerate(starts):
-        chunk = lines[start: starts[n + 1] if n + 1 < len(starts) else len(lines)]
-        old = new = None
-        header = _GIT_HEADER.match(chunk[0].rstrip("\n"))
-        if header:
-            old, new = header.group(1), header.group(2)
-        for line in chunk:
-            if line.startswith("@@"):
-                break
-            if line.startswith("--- "):
-                old = _strip_prefix(line[4:], "a/")
-            elif line.startswith("+++ "):
-                new = _strip_prefix(line[4:], "b/")
-            elif line.startswith("rename from "):
-                old = line[12:].rstrip("\n")
-            elif line.startswith("rename to "):
-                new = line[10:].rstrip("\n")
-        patches.append(FilePatch(old, new, "".join(chunk)))
-    return patches
-
-
-def _strip_prefix(path: str, prefix: str) -> str | None:
-    path = path.rstrip("\n").split("\t")[0].strip('"')
-    if path == "/dev/null":
-        return None
-    return path[len(prefix):] if path.startswith(prefix) else path
-
-
-def is_protected(path: str, patterns: Iterable[str]) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(path if "/" in p else name, p) for p in patterns)
-
-
 def filter_diff(diff: str, protected: Iterable[str], also: Iterable[str] = ()) -> tuple[str, list[str]]:
     """The diff without the files it may not touch, and the paths left out.
 
@@ -263,7 +206,7 @@ def _unsafe(path: str) -> bool:
 # -- grading ------------------------------------------------------------------------------------------
 def prepare_for_grading(runtime: ShellRuntime, task: Task) -> None:
     """The task's starting tree (base commit plus any planted bug), staged, without rewriting history."""
-    command = f"git -c advice.detachedHead=false checkout -q -f {q(task.base_commit)} && git clean -q -fd"
+    command = f"git -c advice.detachedHead=false checkout -q -f {bash_quote(task.base_commit)} && git clean -q -fd"
     if task.setup_patch:
         command += (f" && {runtime.write_command('/tmp/forager-setup.patch', task.setup_patch)}"
                     " && git apply --index --whitespace=nowarn /tmp/forager-setup.patch")
@@ -275,7 +218,7 @@ def apply_patch(runtime: ShellRuntime, patch: str, name: str) -> tuple[bool, str
     path = f"/tmp/forager-{name}.patch"
     obs = runtime.run(
         f"{runtime.write_command(path, patch if patch.endswith(chr(10)) else patch + chr(10))} && "
-        f"cd {q(runtime.workdir)} && {{ git apply --whitespace=nowarn {path} || "
+        f"cd {bash_quote(runtime.workdir)} && {{ git apply --whitespace=nowarn {path} || "
         f"git apply --whitespace=nowarn --3way {path} || patch -p1 --batch --fuzz=3 -i {path}; }} 2>&1",
         120,
     )
@@ -297,7 +240,7 @@ def grade_patch(
     def result(**kwargs: Any) -> RewardResult:
         kwargs.setdefault("reward", config.unresolved)
         kwargs.setdefault("resolved", False)
-        kwargs.setdefault("report", "NO")
+        kwargs.setdefault("resolution", "NO")
         return RewardResult(excluded_files=excluded, duration_s=time.monotonic() - started, **kwargs)
 
     with open_runtime(task) as runtime:
@@ -318,8 +261,8 @@ def grade_patch(
             statuses, error = {}, f"the test run rewrote protected files ({', '.join(tampered[:5])}): not trusted"
 
     graded = as_swebench_sees_it(statuses) if hardened else statuses
-    report, f2p, p2p = grade_statuses(graded, task.FAIL_TO_PASS, task.PASS_TO_PASS)
-    resolved = report == "FULL" and bool(task.tests)
+    resolution, f2p, p2p = grade_statuses(graded, task.FAIL_TO_PASS, task.PASS_TO_PASS)
+    resolved = resolution == "FULL" and bool(task.tests)
     passed = len(f2p["success"]) + len(p2p["success"])
     if resolved:
         reward = config.resolved
@@ -328,7 +271,7 @@ def grade_patch(
     else:
         reward = config.unresolved
     return result(
-        reward=reward, resolved=resolved, report=report if task.tests else "NO",
+        reward=reward, resolved=resolved, resolution=resolution if task.tests else "NO",
         tests_status={t: statuses.get(t, "MISSING") for t in task.tests},
         fail_to_pass=f2p, pass_to_pass=p2p, log=log, error=error, hardened=hardened, tests_s=tests_s,
     )

@@ -12,7 +12,7 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
-from forager.core import Observation
+from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, Observation
 from forager.runtime.session import BashSession, Transport, ansi_c_quote
 
 # Containers and directories carry these, so `forager gc` can find what a dead process left behind.
@@ -20,7 +20,7 @@ LABEL = "forager"
 RUN_ID = uuid.uuid4().hex[:12]
 
 
-def q(value: str) -> str:
+def bash_quote(value: str) -> str:
     """A bash word that expands to exactly `value`."""
     return ansi_c_quote(value.encode()).decode()
 
@@ -102,11 +102,17 @@ live_runtimes = _LiveRuntimes()
 
 
 class ShellRuntime(ABC):
-    """A repository at `workdir` and a persistent shell in it; subclasses say where the shell runs."""
+    """The Runtime seam: a repository at `workdir` and a persistent shell in it.
+
+    Everything above the runtime floor (env, tools, harness, grading, task checkout) types against
+    this class. A new runtime subclasses it and says where the shell runs (`_open_transport`), what
+    to free (`_release`), and how to open one for a task (`for_task`, used by `runtime.registry`).
+    """
 
     workdir: str
 
-    def __init__(self, workdir: str, command_timeout: float = 120.0, max_output_bytes: int = 20_000) -> None:
+    def __init__(self, workdir: str, command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+                 max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
         self.workdir = workdir
         self.command_timeout = command_timeout
         self.max_output_bytes = max_output_bytes
@@ -115,6 +121,14 @@ class ShellRuntime(ABC):
             self._open_transport, workdir, max_output_bytes=max_output_bytes, recover=self._recover_shell
         )
         live_runtimes.add(self)
+
+    def _start_session(self) -> None:
+        """Start the shell (subclasses call this once their resources exist); on failure release them."""
+        try:
+            self.session.start()
+        except BaseException:
+            self.close()
+            raise
 
     @abstractmethod
     def _open_transport(self) -> Transport: ...
@@ -136,14 +150,15 @@ class ShellRuntime(ABC):
         """Run an internal command in a subshell at the repository root; raise if it fails."""
         self._check_open()
         # The newline lets `command` end with a here-document.
-        return self.session.run_checked(f"(cd {q(self.workdir)} && {command}\n)", timeout)
+        return self.session.run_checked(f"(cd {bash_quote(self.workdir)} && {command}\n)", timeout)
 
     def read_file(self, path: str) -> str:
         """The file's text (bad bytes replaced). Raises FileNotFoundError or IsADirectoryError."""
         path = self.abspath(path)
         self._check_open()
         obs = self.session.run(
-            f"( [ -d {q(path)} ] && exit 3; exec cat -- {q(path)} )", 60, max_output_bytes=1 << 30, internal=True
+            f"( [ -d {bash_quote(path)} ] && exit 3; exec cat -- {bash_quote(path)} )", 60, max_output_bytes=1 << 30,
+            internal=True,
         )
         if obs.exit_code == 3:
             raise IsADirectoryError(path)
@@ -158,16 +173,16 @@ class ShellRuntime(ABC):
         """A shell command that writes `content` to `path` (to batch it with others in one round trip)."""
         path = self.abspath(path)
         data = ansi_c_quote(content.encode()).decode()
-        return f"mkdir -p -- \"$(dirname -- {q(path)})\" && printf '%s' {data} > {q(path)}"
+        return f"mkdir -p -- \"$(dirname -- {bash_quote(path)})\" && printf '%s' {data} > {bash_quote(path)}"
 
     def put_file(self, path: str, data: bytes, chunk: int = 1 << 16) -> None:
         """Write bytes (a wheel, a tool) at `path`, through the shell as base64 in chunks."""
         path = self.abspath(path)
         encoded = base64.b64encode(data).decode()
-        self.run_checked(f"mkdir -p -- \"$(dirname -- {q(path)})\" && : > {q(path)}.b64")
+        self.run_checked(f"mkdir -p -- \"$(dirname -- {bash_quote(path)})\" && : > {bash_quote(path)}.b64")
         for start in range(0, len(encoded), chunk):
-            self.run_checked(f"printf '%s' '{encoded[start:start + chunk]}' >> {q(path)}.b64")
-        self.run_checked(f"base64 -d {q(path)}.b64 > {q(path)} && rm -f {q(path)}.b64")
+            self.run_checked(f"printf '%s' '{encoded[start:start + chunk]}' >> {bash_quote(path)}.b64")
+        self.run_checked(f"base64 -d {bash_quote(path)}.b64 > {bash_quote(path)} && rm -f {bash_quote(path)}.b64")
 
     def diff(self, base: str = "HEAD") -> str:
         """Changes of the working tree (new files included) against `base`, without touching the index.
@@ -179,7 +194,7 @@ class ShellRuntime(ABC):
         return self.run_checked(
             "idx=$(mktemp) && { cp -p .git/index \"$idx\" 2>/dev/null || true; } && "
             "export GIT_INDEX_FILE=\"$idx\" && unset GIT_DIR GIT_WORK_TREE && git add -A && "
-            f"git -c core.quotepath=false diff --cached --binary {q(base)}; rc=$?; rm -f \"$idx\"; exit $rc"
+            f"git -c core.quotepath=false diff --cached --binary {bash_quote(base)}; rc=$?; rm -f \"$idx\"; exit $rc"
         )
 
     def abspath(self, path: str) -> str:

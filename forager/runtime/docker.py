@@ -8,14 +8,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 
-from forager.core import ForagerError, RuntimeUnavailable
+from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, ForagerError, RuntimeUnavailable, Task
 from forager.runtime.base import ShellRuntime, owner_labels
 from forager.runtime.session import KILL_JOBS_SCRIPT
+
+if TYPE_CHECKING:
+    from forager.runtime.pool import WarmPool  # the pool builds DockerRuntimes: a real import would be circular
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,19 @@ def docker_client() -> docker.DockerClient:
             f"no Docker engine answers ({err}). Start Docker, or set DOCKER_HOST, "
             "or use the local runtime (`--runtime local`, no isolation)."
         ) from err
+
+
+def image_exists(client: docker.DockerClient, tag: str) -> bool:
+    """Whether the engine holds an image by this tag (or id)."""
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.APIError as err:
+        if err.is_client_error():  # an invalid reference ("Bad:Name") names no image either
+            return False
+        raise
 
 
 def docker_available() -> bool:
@@ -228,8 +244,8 @@ class DockerRuntime(ShellRuntime):
         *,
         limits: DockerLimits | None = None,
         user: str | None = None,
-        command_timeout: float = 120.0,
-        max_output_bytes: int = 20_000,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         client: docker.DockerClient | None = None,
     ) -> None:
         self.image = image
@@ -239,11 +255,23 @@ class DockerRuntime(ShellRuntime):
         self.container: Any = None
         self._start_container(workdir)
         super().__init__(workdir, command_timeout, max_output_bytes)
-        try:
-            self.session.start()
-        except BaseException:
-            self.close()
-            raise
+        self._start_session()
+
+    @classmethod
+    def for_task(cls, task: Task, *, limits: DockerLimits | None = None,
+                 command_timeout: float = DEFAULT_COMMAND_TIMEOUT, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+                 pool: WarmPool | None = None,
+                 client: docker.DockerClient | None = None) -> DockerRuntime:
+        """A container of the task's image: taken from the warm `pool` when there is one, else started now."""
+        if not task.image:
+            raise RuntimeUnavailable(f"task {task.instance_id} has no image for the Docker runtime")
+        if pool is not None:
+            if client is not None:
+                client.close()
+            return pool.take(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
+                             max_output_bytes=max_output_bytes)
+        return cls(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
+                   max_output_bytes=max_output_bytes, client=client)
 
     @property
     def container_id(self) -> str:
@@ -265,7 +293,7 @@ class DockerRuntime(ShellRuntime):
     def _open_transport(self) -> ExecTransport:
         return ExecTransport(self)
 
-    def exec_as_root(self, cmd: list[str], timeout: float = 10.0) -> bool:
+    def exec_as_root(self, cmd: list[str]) -> bool:
         """Run a short helper command as root next to the session; False if it could not run."""
         try:
             result = self.container.exec_run(cmd, user="0")

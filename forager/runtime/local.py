@@ -14,8 +14,10 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from forager.core import RuntimeUnavailable
+from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, RuntimeUnavailable, Task
+from forager.git import git_command
 from forager.runtime.base import ShellRuntime, owner_labels
 from forager.runtime.session import KILL_JOBS_SCRIPT
 
@@ -77,7 +79,8 @@ class LocalRuntime(ShellRuntime):
     """A scratch clone of `repo` under the temp directory, removed on close() (or by `forager gc`)."""
 
     def __init__(
-        self, repo: str | os.PathLike[str], *, command_timeout: float = 120.0, max_output_bytes: int = 20_000
+        self, repo: str | os.PathLike[str], *, command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     ) -> None:
         self.source = Path(repo).resolve()
         if not (self.source / ".git").exists():
@@ -90,20 +93,21 @@ class LocalRuntime(ShellRuntime):
             shutil.rmtree(self.scratch, ignore_errors=True)
             raise
         super().__init__(str(self.scratch / "repo"), command_timeout, max_output_bytes)
-        try:
-            self.session.start()
-        except BaseException:
-            self.close()
-            raise
+        self._start_session()
+
+    @classmethod
+    def for_task(cls, task: Task, *, command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+                 max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES, **_: Any) -> LocalRuntime:
+        """A scratch clone of the task's local_repo (Docker's limits, pool and client do not apply)."""
+        if not task.local_repo:
+            raise RuntimeUnavailable(f"task {task.instance_id} has no local_repo for the local runtime")
+        return cls(task.local_repo, command_timeout=command_timeout, max_output_bytes=max_output_bytes)
 
     def _clone(self) -> None:
-        result = subprocess.run(
-            ["git", "clone", "-q", "--no-hardlinks", str(self.source), str(self.scratch / "repo")],
-            capture_output=True, text=True,
-        )
+        result = git_command(None, "clone", "-q", "--no-hardlinks", str(self.source), str(self.scratch / "repo"))
         if result.returncode != 0:
             raise RuntimeUnavailable(f"could not clone {self.source}: {result.stderr.strip()}")
-        subprocess.run(["git", "-C", str(self.scratch / "repo"), "remote", "remove", "origin"], capture_output=True)
+        git_command(self.scratch / "repo", "remote", "remove", "origin", errors="replace")  # its result does not matter
 
     def _open_transport(self) -> PipeTransport:
         return PipeTransport(self.workdir)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import docker
 import docker.errors
 
+from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES
 from forager.runtime.docker import DockerLimits, DockerRuntime, docker_client
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class WarmPool:
         self.misses = 0
 
     def take(self, image: str, workdir: str = "/repo", *, limits: DockerLimits | None = None,
-             command_timeout: float = 120.0, max_output_bytes: int = 20_000) -> DockerRuntime:
+             command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+             max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> DockerRuntime:
         """A ready runtime if one is warm, else a new one made now; either way the pool refills."""
         limits = limits or DockerLimits()
         key = _Key(image, workdir, repr(limits), command_timeout, max_output_bytes)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from forager.core import ForagerError, Observation
+from forager.core import DEFAULT_MAX_OUTPUT_BYTES, ForagerError, Observation
 
 # Nothing may wait on a terminal: pagers print, editors return at once, tools do not prompt.
 SESSION_ENV = {
@@ -143,7 +143,7 @@ class BashSession:
         self,
         open_transport: Callable[[], Transport],
         workdir: str,
-        max_output_bytes: int = 20_000,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         startup_timeout: float = 30.0,
         kill_grace_s: float = 3.0,
         recover: Callable[[], None] | None = None,
@@ -159,7 +159,6 @@ class BashSession:
         self.shell_pid: int | None = None
         self._uptime_offset: float | None = None  # the shell's /proc/uptime minus our monotonic clock
         self._restart_note: str | None = None
-        self.restarts = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,19 +214,8 @@ class BashSession:
         `internal` commands (Forager's own file reads and diffs) leave a pending restart notice for
         the agent's next command instead of taking it.
         """
+        self._ensure_shell()
         restarted_note = None
-        if self._transport is None:
-            try:
-                self.start()
-            except ForagerError:
-                raise  # the runtime itself is gone (say, its container was removed): nothing to retry
-            except Exception:
-                if self._recover is None:
-                    raise
-                self._recover()
-                self.start()
-            if self._restart_note is not None:
-                self.restarts += 1
         if self._restart_note is not None and not internal:
             restarted_note, self._restart_note = self._restart_note, None
         transport = self._transport
@@ -238,11 +226,41 @@ class BashSession:
         buffer = OutputBuffer(max_output_bytes or self.max_output_bytes, nonce.encode())
         started = time.monotonic()
         transport.send(line)
-
         notes = [restarted_note] if restarted_note else []
+        end, exit_code, timed_out = self._await_command(transport, buffer, started, timeout, notes)
+        output, truncated = buffer.result(end)
+        return Observation(
+            output=output,
+            exit_code=exit_code,
+            timed_out=timed_out,
+            truncated=truncated,
+            session_restarted=restarted_note is not None,
+            duration_s=time.monotonic() - started,
+            notes=notes,
+        )
+
+    def _ensure_shell(self) -> None:
+        if self._transport is not None:
+            return
+        try:
+            self.start()
+        except ForagerError:
+            raise  # the runtime itself is gone (say, its container was removed): nothing to retry
+        except Exception:
+            if self._recover is None:
+                raise
+            self._recover()
+            self.start()
+
+    def _await_command(
+        self, transport: Transport, buffer: OutputBuffer, started: float, timeout: float, notes: list[str]
+    ) -> tuple[int, int | None, bool]:
+        """Read output up to the command's end marker, killing it at the deadline: (end, exit code, timed out).
+
+        What happened to the command or the shell on the way is appended to `notes`.
+        """
         timed_out = False
         deadline = started + timeout
-        exit_code: int | None = None
         while True:
             now = time.monotonic()
             if not timed_out and now >= deadline:
@@ -260,8 +278,7 @@ class BashSession:
                     f"command timed out after {timeout:g}s; the shell was restarted "
                     f"(working directory, variables and background jobs were lost)"
                 )
-                end = len(buffer.tail)
-                break
+                return len(buffer.tail), None, True
             chunk = transport.recv(deadline - now)
             if chunk is None:
                 continue
@@ -269,34 +286,24 @@ class BashSession:
                 status = transport.close()
                 self._transport = None
                 self._restart_note = "the previous shell session ended; this command ran in a new one"
-                exit_code = status
                 code = "unknown" if status is None else str(status)
                 notes.append(f"the shell session ended (exit status {code}); the next command starts a fresh one in {self.workdir}")
-                end = len(buffer.tail)
-                break
+                return len(buffer.tail), status, timed_out
             end = buffer.feed(chunk)
             if end >= 0:
-                # Wait for the status digits and the newline after the marker.
-                while (m := re.match(rb"(-?\d+)\n", bytes(buffer.tail[end + len(buffer.marker) :]))) is None:
-                    more = transport.recv(max(0.05, deadline - time.monotonic()))
-                    if not more:
-                        break
-                    buffer.tail += more
-                exit_code = int(m[1]) if m else None
                 if timed_out:
                     notes.append(f"command timed out after {timeout:g}s: its processes were killed")
-                break
+                return end, self._exit_status(transport, buffer, end, deadline), timed_out
 
-        output, truncated = buffer.result(end)
-        return Observation(
-            output=output,
-            exit_code=exit_code,
-            timed_out=timed_out,
-            truncated=truncated,
-            session_restarted=restarted_note is not None,
-            duration_s=time.monotonic() - started,
-            notes=notes,
-        )
+    @staticmethod
+    def _exit_status(transport: Transport, buffer: OutputBuffer, end: int, deadline: float) -> int | None:
+        """The status digits and newline the shell prints after the end marker (waiting for them if need be)."""
+        while (m := re.match(rb"(-?\d+)\n", bytes(buffer.tail[end + len(buffer.marker) :]))) is None:
+            more = transport.recv(max(0.05, deadline - time.monotonic()))
+            if not more:
+                break
+            buffer.tail += more
+        return int(m[1]) if m else None
 
     def run_checked(self, command: str, timeout: float = 60.0, max_output_bytes: int = 1 << 30) -> str:
         """Run a Forager-internal command whose failure is an error, not an observation; no truncation."""

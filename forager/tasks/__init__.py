@@ -1,5 +1,9 @@
-"""Tasks: loading, and putting a task's repository in its starting state."""
+"""Tasks: the store (JSONL, JSON, Parquet, swebench and SWE-smith rows, hub datasets), generation
+(mutate-fix, issue-fix mining), checkout into a runtime and validation.
 
-from forager.tasks.checkout import checkout_task
+Reading and writing task files (`load_tasks`, `write_tasks`) needs neither Docker nor gymnasium.
+"""
 
-__all__ = ["checkout_task"]
+from forager.tasks.store import load_tasks, write_tasks
+
+__all__ = ["load_tasks", "write_tasks"]

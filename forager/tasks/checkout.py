@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from forager.core import Task
-from forager.runtime.base import ShellRuntime, q
+from forager.runtime.base import ShellRuntime, bash_quote
 
 _COMMIT = "git -c user.name=forager -c user.email=forager@localhost commit -q --no-verify --allow-empty -m"
 
@@ -44,13 +44,14 @@ def checkout_task(runtime: ShellRuntime, task: Task) -> str:
     on a branch `main`, and everything else goes: other refs, remotes, reflogs, unreachable objects.
     """
     runtime.run_checked(
-        f"git -c advice.detachedHead=false checkout -q -f {q(task.base_commit)} && git clean -q -fd"
+        f"git -c advice.detachedHead=false checkout -q -f {bash_quote(task.base_commit)} && git clean -q -fd"
     )
     if task.setup_patch:
         runtime.write_file("/tmp/forager-setup.patch", task.setup_patch)
         runtime.run_checked(
             "git apply --whitespace=nowarn /tmp/forager-setup.patch && rm -f /tmp/forager-setup.patch && "
-            f"rm -rf .git && git init -q -b main && git add -A && {_COMMIT} {q(f'{task.repo or task.instance_id}')}"
+            f"rm -rf .git && git init -q -b main && git add -A && "
+            f"{_COMMIT} {bash_quote(f'{task.repo or task.instance_id}')}"
         )
     else:
         runtime.run_checked(_KEEP_ONLY_HEAD, timeout=1800)

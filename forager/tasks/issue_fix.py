@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from forager.core import DEFAULT_TEST_COMMAND, ForagerError, Task
-from forager.harness import PytestCommand, PytestHarness
-from forager.rewards.grading import is_protected, split_diff
-from forager.runtime.base import ShellRuntime, q
+from forager.git import git_command, run_git
+from forager.harness import PytestCommand, PytestHarness, is_protected, split_diff
+from forager.runtime.base import ShellRuntime, bash_quote
 from forager.runtime.local import LocalRuntime
 
 TEST_PATTERNS: tuple[str, ...] = (
@@ -48,7 +47,7 @@ class MineConfig:
     max_commits: int | None = None
     """Look at this many commits at most, newest first, from HEAD."""
     test_patterns: tuple[str, ...] = TEST_PATTERNS
-    """Which changed paths are tests (`fnmatch`, as `grading.is_protected` reads them)."""
+    """Which changed paths are tests (`fnmatch`, as `forager.harness.is_protected` reads them)."""
     test_timeout: float = 300.0
     """Seconds for one test run; also the tasks' `test_timeout`."""
     issues: dict[str, str] | None = None
@@ -155,17 +154,14 @@ def mine_repository(
 
 def repository_name(repo: Path) -> str:
     """`owner/name` of the `origin` remote's URL, else the directory's name."""
-    url = subprocess.run(["git", "-C", str(repo), "remote", "get-url", "origin"], capture_output=True, text=True)
+    url = git_command(repo, "remote", "get-url", "origin")
     match = _REMOTE_NAME.search(url.stdout.strip()) if url.returncode == 0 else None
     return f"{match[1]}/{match[2]}" if match else repo.name
 
 
 def _git(repo: Path, *args: str) -> str:
-    result = subprocess.run(["git", "-C", str(repo), "-c", "core.quotepath=false", *args],
-                            capture_output=True, text=True, errors="surrogateescape")
-    if result.returncode != 0:
-        raise ForagerError(f"git {' '.join(args)} failed in {repo}: {result.stderr.strip()}")
-    return result.stdout
+    # the user's environment and identity (their repository, read only); paths and text as git has them
+    return run_git(repo, *args, config={"core.quotepath": "false"}, errors="surrogateescape")
 
 
 def _commits(repo: Path, limit: int | None) -> list[tuple[str, list[str]]]:
@@ -233,15 +229,15 @@ def _validate(
 
 
 def _reset_to(runtime: ShellRuntime, commit: str) -> None:
-    runtime.run_checked(f"git -c advice.detachedHead=false checkout -q -f {q(commit)} && git clean -q -fdx")
+    runtime.run_checked(f"git -c advice.detachedHead=false checkout -q -f {bash_quote(commit)} && git clean -q -fdx")
 
 
 def _apply(runtime: ShellRuntime, patch: str) -> bool:
     """`git apply`, strictly: the patches come from `git diff`, so anything less means a broken commit."""
     path = runtime.run_checked("mktemp /tmp/forager-mine-XXXXXXXX").strip()
     runtime.write_file(path, patch)
-    obs = runtime.run(f"cd {q(runtime.workdir)} && git apply --whitespace=nowarn {q(path)} 2>&1; "
-                      f"rc=$?; rm -f {q(path)}; [ $rc -eq 0 ]", 120)
+    obs = runtime.run(f"cd {bash_quote(runtime.workdir)} && git apply --whitespace=nowarn {bash_quote(path)} 2>&1; "
+                      f"rc=$?; rm -f {bash_quote(path)}; [ $rc -eq 0 ]", 120)
     return obs.ok
 
 

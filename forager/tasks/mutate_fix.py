@@ -17,7 +17,6 @@ As CWM did, and then some:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import threading
@@ -27,10 +26,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from forager.core import DEFAULT_TEST_COMMAND, ForagerError, Task
-from forager.harness import CoverageMap, PytestHarness, TestRun
-from forager.rewards.grading import PROTECTED_PATHS, is_protected
-from forager.runtime.base import ShellRuntime, q
+from forager.files import content_digest
+from forager.harness import PROTECTED_PATHS, CoverageMap, PytestHarness, TestRun, is_protected
+from forager.runtime.base import ShellRuntime, bash_quote
 from forager.tasks.mutate import OPERATORS, FunctionInfo, Mutation, enumerate_mutations, find_functions
+from forager.workers import run_workers
 
 NOT_SOURCES = PROTECTED_PATHS + ("setup.py", "docs/*", "doc/*", "examples/*", "benchmarks/*", "bench/*")
 
@@ -175,8 +175,24 @@ def generate_mutate_fix_tasks(
         raise ForagerError(f"unknown operators {sorted(unknown)}; choose from {', '.join(OPERATORS)}")
     report = MutateReport(stats={op: OperatorStats() for op in config.operators})
     notify = on_event or (lambda kind, report: None)
-    rng = random.Random(config.seed)
+    base_commit, passing, candidates = _baseline(open_runtime, test_command, config, report)
+    notify("coverage", report)
+    validation = _Validation(open_runtime, test_command, config, report, notify, candidates, sorted(passing),
+                             image=image, repo=repo, base_commit=base_commit, problem_statement=problem_statement,
+                             measure_whole_suite=measure_whole_suite)
+    started = time.monotonic()
+    errors = run_workers(validation.work, max(1, config.workers), "forager-mutate")  # one failing worker leaves the rest going
+    report.validation_s = time.monotonic() - started
+    if errors and not report.tasks:
+        raise errors[0]
+    report.errors = [f"{type(e).__name__}: {e}" for e in errors]
+    report.tasks.sort(key=lambda t: t.instance_id)
+    return report
 
+
+def _baseline(open_runtime: Callable[[], ShellRuntime], test_command: str, config: MutateConfig,
+              report: MutateReport) -> tuple[str, set[str], list[_Candidate]]:
+    """One coverage run of the suite: the base commit, the passing tests and the candidates to try, in order."""
     with open_runtime() as runtime:
         base_commit = runtime.run_checked("git rev-parse HEAD").strip()
         if runtime.run_checked("git status --porcelain --untracked-files=no").strip():
@@ -191,93 +207,88 @@ def generate_mutate_fix_tasks(
             raise ForagerError(f"no test passes in the repository; pytest said:\n{baseline.log[-3000:]}")
         targets = _targets(runtime, coverage, passing)
         report.target_functions = sum(len(t.covering) for t in targets)
-        candidates = list(_candidates(targets, coverage, passing, config, rng))
+        candidates = list(_candidates(targets, coverage, passing, config, random.Random(config.seed)))
         report.candidates = len(candidates)
-        notify("coverage", report)
+    return base_commit, passing, candidates
 
-    all_passing = sorted(passing)
-    queue = iter(candidates)
-    lock = threading.Lock()
-    seen: set[str] = set()
-    per_function: Counter[tuple[str, str]] = Counter()
-    tried = 0
 
-    def next_candidate() -> _Candidate | None:
-        nonlocal tried
-        with lock:
-            while len(report.tasks) < config.max_tasks and (config.max_candidates is None or tried < config.max_candidates):
-                candidate = next(queue, None)
+class _Validation:
+    """Workers take candidates in order, each in its own container, and keep the bugs that fail a test."""
+
+    def __init__(self, open_runtime: Callable[[], ShellRuntime], test_command: str, config: MutateConfig,
+                 report: MutateReport, notify: Callable[[str, MutateReport], None], candidates: list[_Candidate],
+                 all_passing: list[str], *, image: str | None, repo: str, base_commit: str,
+                 problem_statement: ProblemStatement, measure_whole_suite: bool) -> None:
+        self.open_runtime, self.test_command, self.config = open_runtime, test_command, config
+        self.report, self.notify, self.all_passing = report, notify, all_passing
+        self.image, self.repo, self.base_commit = image, repo, base_commit
+        self.problem_statement, self.measure_whole_suite = problem_statement, measure_whole_suite
+        self.queue = iter(candidates)
+        self.lock = threading.Lock()
+        self.seen: set[str] = set()
+        self.per_function: Counter[tuple[str, str]] = Counter()
+        self.tried = 0
+
+    def next_candidate(self) -> _Candidate | None:
+        config = self.config
+        with self.lock:
+            while len(self.report.tasks) < config.max_tasks and (
+                    config.max_candidates is None or self.tried < config.max_candidates):
+                candidate = next(self.queue, None)
                 if candidate is None:
                     return None
-                key = (candidate.path, candidate.mutation.function)
-                if per_function[key] >= config.max_per_function:
+                if self.per_function[(candidate.path, candidate.mutation.function)] >= config.max_per_function:
                     continue
-                tried += 1
+                self.tried += 1
                 return candidate
             return None
 
-    def work() -> None:
-        with open_runtime() as runtime:
-            harness = PytestHarness(runtime, test_command)
+    def work(self) -> None:
+        with self.open_runtime() as runtime:
+            harness = PytestHarness(runtime, self.test_command)
             harness.serve()
-            while (candidate := next_candidate()) is not None:
+            while (candidate := self.next_candidate()) is not None:
                 extra = []
-                if config.extra_pass_to_pass:
-                    rest = [t for t in all_passing if t not in set(candidate.covering)]
-                    extra = random.Random(f"{config.seed}:{candidate.mutation.source}").sample(
-                        rest, min(config.extra_pass_to_pass, len(rest)))
-                outcome = _validate(runtime, harness, candidate, extra, config, measure_whole_suite, all_passing)
-                stats = report.stats[candidate.mutation.operator]
-                with lock:
-                    stats.tried += 1
-                    if outcome is None:
-                        stats.timed_out += 1
-                        notify("tried", report)
-                        continue
-                    run, setup_patch, fix, timing = outcome
-                    failing = [t for t in candidate.tests + extra if not run.passed(t)]
-                    import_error = bool(failing) and all(run.status(t) in ("MISSING", "ERROR") for t in failing)
-                    digest = hashlib.sha256(f"{candidate.path}\0{candidate.mutation.source}".encode()).hexdigest()
-                    if not failing or digest in seen or len(report.tasks) >= config.max_tasks:
-                        stats.no_failing_test += not failing
-                        notify("tried", report)
-                        continue
-                    if import_error:
-                        stats.import_error += 1
-                        if config.drop_import_errors:
-                            notify("tried", report)
-                            continue
-                    seen.add(digest)
-                    per_function[(candidate.path, candidate.mutation.function)] += 1
-                    stats.valid += 1
-                    report.timings.append(timing)
-                    ctx = MutationContext(repo, failing, run.messages, candidate.mutation, candidate.path)
-                    report.tasks.append(_task(
-                        ctx, digest, image, base_commit, runtime.workdir, setup_patch, fix, test_command,
-                        _pass_to_pass(candidate, extra, run), import_error, problem_statement,
-                    ))
-                    notify("valid", report)
+                if self.config.extra_pass_to_pass:
+                    rest = [t for t in self.all_passing if t not in set(candidate.covering)]
+                    extra = random.Random(f"{self.config.seed}:{candidate.mutation.source}").sample(
+                        rest, min(self.config.extra_pass_to_pass, len(rest)))
+                outcome = _validate(runtime, harness, candidate, extra, self.config, self.measure_whole_suite,
+                                    self.all_passing)
+                with self.lock:
+                    self._record(runtime, candidate, extra, outcome)
 
-    errors: list[BaseException] = []
-
-    def guarded() -> None:
-        try:
-            work()
-        except BaseException as err:  # noqa: BLE001 - reported below, in the caller's thread
-            errors.append(err)
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=guarded, name=f"forager-mutate-{i}") for i in range(max(1, config.workers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    report.validation_s = time.monotonic() - started
-    if errors and not report.tasks:
-        raise errors[0]
-    report.errors = [f"{type(e).__name__}: {e}" for e in errors]
-    report.tasks.sort(key=lambda t: t.instance_id)
-    return report
+    def _record(self, runtime: ShellRuntime, candidate: _Candidate, extra: list[str], outcome) -> None:
+        """Count the candidate's outcome and keep it as a task when it is a new bug that fails a test."""
+        stats = self.report.stats[candidate.mutation.operator]
+        stats.tried += 1
+        if outcome is None:
+            stats.timed_out += 1
+            self.notify("tried", self.report)
+            return
+        run, setup_patch, fix, timing = outcome
+        failing = [t for t in candidate.tests + extra if not run.passed(t)]
+        import_error = bool(failing) and all(run.status(t) in ("MISSING", "ERROR") for t in failing)
+        digest = content_digest(f"{candidate.path}\0{candidate.mutation.source}", length=None)
+        if not failing or digest in self.seen or len(self.report.tasks) >= self.config.max_tasks:
+            stats.no_failing_test += not failing
+            self.notify("tried", self.report)
+            return
+        if import_error:
+            stats.import_error += 1
+            if self.config.drop_import_errors:
+                self.notify("tried", self.report)
+                return
+        self.seen.add(digest)
+        self.per_function[(candidate.path, candidate.mutation.function)] += 1
+        stats.valid += 1
+        self.report.timings.append(timing)
+        ctx = MutationContext(self.repo, failing, run.messages, candidate.mutation, candidate.path)
+        self.report.tasks.append(_task(
+            ctx, digest, self.image, self.base_commit, runtime.workdir, setup_patch, fix, self.test_command,
+            _pass_to_pass(candidate, extra, run), import_error, self.problem_statement,
+        ))
+        self.notify("valid", self.report)
 
 
 def _targets(runtime: ShellRuntime, coverage: CoverageMap, passing: set[str]) -> list[_Target]:
@@ -358,8 +369,8 @@ def _validate(
         timing = {"selected_s": run.duration_s, "selected_tests": float(len(candidate.tests) + len(extra))}
         if measure_whole_suite and any(not run.passed(t) for t in candidate.tests + extra):
             timing["whole_s"] = harness.run(all_tests, config.test_timeout * 10).duration_s
-        setup_patch = runtime.run_checked(f"git diff -- {q(path)}")
-        fix = runtime.run_checked(f"git diff -R -- {q(path)}")
+        setup_patch = runtime.run_checked(f"git diff -- {bash_quote(path)}")
+        fix = runtime.run_checked(f"git diff -R -- {bash_quote(path)}")
         return run, setup_patch, fix, timing
     finally:
         runtime.write_file(path, original)

@@ -28,72 +28,19 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from forager.testing.toy_chat import (
+    IM_END,
+    assistant_text,
+    decode,
+    encode,
+    render_chat,
+    toy_logprob,
+)
+
 log = logging.getLogger(__name__)
 
-END_OF_TEXT, IM_START, IM_END = 256, 257, 258
-SPECIAL_TOKENS = {END_OF_TEXT: "<|endoftext|>", IM_START: "<|im_start|>", IM_END: "<|im_end|>"}
 VLLM_TOKEN_FIELDS = ("return_token_ids", "return_tokens_as_token_ids")
 """Request fields only vLLM knows; a server made with `reject_unknown_fields=True` refuses them."""
-
-
-# -- the toy tokenizer ---------------------------------------------------------------------------
-def encode(text: str) -> list[int]:
-    """Token ids of plain text: its UTF-8 bytes (special-token spellings in text stay bytes)."""
-    return list(text.encode("utf-8"))
-
-
-def decode(token_ids: Sequence[int]) -> str:
-    """Text of token ids; special ids spell their names, broken UTF-8 becomes U+FFFD."""
-    data = bytearray()
-    for token_id in token_ids:
-        data += bytes([token_id]) if token_id < 256 else SPECIAL_TOKENS[token_id].encode()
-    return data.decode("utf-8", errors="replace")
-
-
-def toy_logprob(token_id: int, position: int) -> float:
-    """The logprob the server reports for `token_id` sampled at `position` of the completion."""
-    return -round(0.01 * (1 + (token_id * 31 + position * 7) % 97), 4)
-
-
-def assistant_text(content: str | None, tool_calls: Sequence[dict[str, Any]] | None) -> str:
-    """What the model 'generated' for an assistant message: its text, then each call in a tag."""
-    blocks = []
-    for call in tool_calls or []:
-        function = call.get("function", call)
-        arguments = function.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
-                pass  # malformed arguments render as the string the model produced
-        blocks.append("<tool_call>\n" + json.dumps({"name": function["name"], "arguments": arguments}) + "\n</tool_call>")
-    content = content or ""
-    return content + ("\n" if content and blocks else "") + "\n".join(blocks)
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content or ""
-
-
-def render_chat(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None,
-                add_generation_prompt: bool = True) -> list[int]:
-    """The chat template: the prompt token ids the server reports for these messages."""
-    blocks: list[tuple[str, str]] = []
-    if tools:
-        blocks.append(("tools", json.dumps([tool.get("function", tool) for tool in tools])))
-    for message in messages:
-        text = _content_text(message.get("content"))
-        if message.get("role") == "assistant" and message.get("tool_calls"):
-            text = assistant_text(text, message["tool_calls"])
-        blocks.append((message.get("role", "user"), text))
-    ids: list[int] = []
-    for role, text in blocks:
-        ids += [IM_START, *encode(f"{role}\n{text}"), IM_END, *encode("\n")]
-    if add_generation_prompt:
-        ids += [IM_START, *encode("assistant\n")]
-    return ids
 
 
 # -- scripting -----------------------------------------------------------------------------------

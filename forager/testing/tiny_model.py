@@ -13,7 +13,6 @@ tokens, as a chat model's does) and `<|im_start|>` / `<|endoftext|>` a large mal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from forager.core import ForagerError
-from forager.images.paths import forager_home
+from forager.files import content_digest
+from forager.home import forager_home
 
 RECIPE_VERSION = 1
 """Bump when the recipe changes in a way the hash of the constants below does not see."""
@@ -91,7 +91,7 @@ def recipe_hash() -> str:
     recipe = {"version": RECIPE_VERSION, "transformers": transformers.__version__, "seed": SEED,
               "vocab": VOCAB_SIZE, "special": SPECIAL_TOKENS, "template": CHAT_TEMPLATE, "config": MODEL_CONFIG,
               "bias": [BIAS_CHANNEL, END_OF_TURN_LOGIT, SPECIAL_TOKEN_LOGIT], "corpus": CORPUS}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return content_digest(recipe)
 
 
 def build_tiny_model(path: str | Path | None = None) -> Path:

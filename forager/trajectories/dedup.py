@@ -29,9 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from forager.trajectories.store import iter_trajectory_lines, trajectory_files
-from forager.files import atomic_output
 from forager.core import Trajectory
+from forager.files import atomic_output
+from forager.trajectories.store import iter_trajectory_lines, trajectory_files
 
 log = logging.getLogger(__name__)
 

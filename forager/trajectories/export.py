@@ -37,11 +37,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import IO, Any, get_args
 
-from forager.trajectories.store import iter_trajectory_lines
-from forager.files import atomic_output
 from forager.core import ForagerError, Termination, Trajectory
+from forager.files import atomic_output
+from forager.trajectories.store import iter_trajectory_lines
 
 FORMATS = ("jsonl", "parquet")
 TERMINATIONS: tuple[str, ...] = get_args(Termination)
@@ -198,7 +198,34 @@ def export_dataset(
     Parquet is asked for), then the Parquet file is written from it in batches, with a schema that
     has message `tool_calls` only when some trajectory has them. Each output appears atomically.
     """
-    inputs = list(inputs)
+    formats = _checked_formats(formats)
+    _check_share(mask_observations)
+    prefix = Path(out_prefix)
+    if prefix.suffix in (".jsonl", ".parquet"):
+        prefix = prefix.with_suffix("")
+    jsonl_path = prefix.with_name(prefix.name + ".jsonl")
+    parquet_path = prefix.with_name(prefix.name + ".parquet")
+    rows = _RowWriter(list(inputs), filter, mask_observations, seed, tokens)
+    paths: list[Path] = []
+    if "jsonl" in formats:
+        with atomic_output(jsonl_path) as out:
+            rows.write(out)
+        paths.append(jsonl_path)
+    if "parquet" in formats:
+        if "jsonl" in formats:
+            _write_parquet(jsonl_path, parquet_path, parquet_schema(rows.tool_calls, tokens))
+        else:
+            parquet_path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".export-", dir=parquet_path.parent) as scratch:
+                staged = Path(scratch) / "rows.jsonl"
+                with staged.open("w", encoding="utf-8") as out:
+                    rows.write(out)
+                _write_parquet(staged, parquet_path, parquet_schema(rows.tool_calls, tokens))
+        paths.append(parquet_path)
+    return ExportResult(rows.rows, paths, dict(rows.skipped), rows.weights[1], rows.weights[0])
+
+
+def _checked_formats(formats: Sequence[str]) -> list[str]:
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -209,56 +236,43 @@ def export_dataset(
         except ImportError:
             raise ExportError("Parquet output needs pyarrow: pip install 'forager[eval]', or write --format jsonl") \
                 from None
-    prefix = Path(out_prefix)
-    if prefix.suffix in (".jsonl", ".parquet"):
-        prefix = prefix.with_suffix("")
-    jsonl_path = prefix.with_name(prefix.name + ".jsonl")
-    parquet_path = prefix.with_name(prefix.name + ".parquet")
-    _check_share(mask_observations)
+    return formats
 
-    skipped: Counter[str] = Counter()
-    rows = 0
-    any_tool_calls = False
-    weights: Counter[int] = Counter()
 
-    def write_jsonl(out) -> None:
-        nonlocal rows, any_tool_calls
-        for line in iter_trajectory_lines(inputs):
-            trajectory = line.trajectory
-            reason = filter.reject(trajectory)
+@dataclass
+class _RowWriter:
+    """Writes the export rows of the trajectories the filter keeps as JSONL, and counts what it wrote."""
+
+    inputs: list[str | Path]
+    filter: ExportFilter
+    mask_observations: float
+    seed: int
+    tokens: bool
+    rows: int = 0
+    tool_calls: bool = False
+    """Whether some message has OpenAI `tool_calls` (the Parquet schema has the column only then)."""
+    skipped: Counter[str] = field(default_factory=Counter)
+    weights: Counter[int] = field(default_factory=Counter)
+    """Observations by loss weight (1 trained, 0 masked)."""
+
+    def write(self, out: IO[str]) -> None:
+        for line in iter_trajectory_lines(self.inputs):
+            reason = self.filter.reject(line.trajectory)
             if reason is not None:
-                skipped[reason] += 1
+                self.skipped[reason] += 1
                 continue
             try:
-                row = export_row(trajectory, mask_observations, seed, tokens)
+                row = export_row(line.trajectory, self.mask_observations, self.seed, self.tokens)
             except ExportError as err:
                 raise ExportError(f"{line.path}:{line.lineno}: {err}") from None
-            any_tool_calls = any_tool_calls or any("tool_calls" in m or "tool_call_id" in m for m in row["messages"])
+            self.tool_calls = self.tool_calls or any("tool_calls" in m or "tool_call_id" in m for m in row["messages"])
             acted = False
             for message in row["messages"]:
                 acted = acted or message["role"] == "assistant"
                 if is_observation(message["role"], acted):
-                    weights[message["weight"]] += 1
+                    self.weights[message["weight"]] += 1
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            rows += 1
-
-    paths: list[Path] = []
-    if "jsonl" in formats:
-        with atomic_output(jsonl_path) as out:
-            write_jsonl(out)
-        paths.append(jsonl_path)
-    if "parquet" in formats:
-        if "jsonl" in formats:
-            _write_parquet(jsonl_path, parquet_path, parquet_schema(any_tool_calls, tokens))
-        else:
-            parquet_path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=".export-", dir=parquet_path.parent) as scratch:
-                staged = Path(scratch) / "rows.jsonl"
-                with staged.open("w", encoding="utf-8") as out:
-                    write_jsonl(out)
-                _write_parquet(staged, parquet_path, parquet_schema(any_tool_calls, tokens))
-        paths.append(parquet_path)
-    return ExportResult(rows, paths, dict(skipped), weights[1], weights[0])
+            self.rows += 1
 
 
 def _batches(path: Path, size: int) -> Iterator[list[dict[str, Any]]]:

@@ -1,4 +1,4 @@
-# The sample repository (examples/sample-repo) as an executable task image.
+# The sample repository (forager/assets/sample-repo) as an executable task image.
 # Build context (assembled by `forager images sample`): repo/ (a git repository), wheelhouse/.
 ARG BASE=forager/base:latest
 FROM ${BASE}

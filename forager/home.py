@@ -1,20 +1,31 @@
-"""A host-side wheelhouse: `pip download` on the host, `pip install --no-index` in the image."""
+"""Forager's cache directory ($FORAGER_HOME) and the host-side wheelhouse kept in it.
+
+A bottom-floor module: the harness (coverage.py for an image without it) and the image builders
+both download wheels here, so it may import only the standard library, `core` and `files`.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from forager.core import ForagerError
-from forager.images.paths import forager_home
+from forager.files import content_digest
+
+
+def forager_home() -> Path:
+    """Cache for built artifacts ($FORAGER_HOME, default ~/.cache/forager)."""
+    home = Path(os.environ.get("FORAGER_HOME") or Path.home() / ".cache" / "forager")
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
 
 def ensure_wheelhouse(requirements: list[str], python_version: str, platform: str = "manylinux2014_x86_64") -> Path:
-    """Download wheels for `requirements` for the image's Python; cached by its inputs."""
-    key = hashlib.sha256(f"{sorted(requirements)}|{python_version}|{platform}".encode()).hexdigest()[:12]
+    """Download wheels for `requirements` for the image's Python (`pip download` on the host); cached by its inputs."""
+    key = content_digest(f"{sorted(requirements)}|{python_version}|{platform}")
     target = forager_home() / "wheelhouse" / key
     if (target / "requirements.txt").exists():
         return target

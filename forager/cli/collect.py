@@ -1,0 +1,174 @@
+"""`forager collect` and `forager quickstart`: run the agent on tasks, with live progress and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.panel import Panel
+
+from forager.cli import RuntimeChoice, console, dim, fail, read_tasks
+
+if TYPE_CHECKING:
+    from forager.agent.collect import CollectStats
+    from forager.agent.config import AgentConfig, CollectConfig
+    from forager.core import Task, Trajectory
+    from forager.policies.spec import PolicySpec
+
+
+def _sample_tasks(runtime: str) -> tuple[list[Task], str]:
+    """The sample repository's mutate-fix tasks and the runtime to use (building the images if needed)."""
+    from forager.images.sample import sample_tasks_for_runtime
+
+    return sample_tasks_for_runtime(runtime, log=dim, warn=lambda m: console.print(f"[yellow]{m}[/]"),
+                                    busy=console.status)
+
+
+def _policy_spec(policy: str | None = None, model: str | None = None, base_url: str | None = None,
+                 api_key: str | None = None, temperature: float | None = None, replay: Path | None = None,
+                 options: list[str] | None = None) -> PolicySpec:
+    """The policy the flags and the environment ask for, saying so when it falls back to the reference."""
+    from forager.policies.spec import policy_spec_from_flags
+
+    return policy_spec_from_flags(policy, model, base_url, api_key, temperature, replay, options or [],
+                                  log=lambda m: console.print(f"[cyan]{m}[/]"))
+
+
+def run_collection(tasks: list[Task], out: Path, policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
+                   tasks_source: str, allow_mixed: bool) -> CollectStats:
+    """Collect with a live progress display; the first Ctrl-C finishes the running episodes, the second aborts."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from forager.agent.collect import collect as collect_episodes
+
+    progress = Progress(TextColumn("episodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"), console=console)
+    bar = progress.add_task("episodes", total=1, detail="")
+
+    def on_start(stats: CollectStats) -> None:
+        progress.update(bar, total=max(stats.total - stats.already_done, 0))
+        if stats.already_done:
+            console.print(f"resuming: {stats.already_done} of {stats.total} episodes are already in {out}")
+
+    def on_episode(trajectory: Trajectory, stats: CollectStats) -> None:
+        progress.update(bar, advance=1, detail=(
+            f"resolved {stats.resolved_share:.0%} · {stats.mean_turns:.1f} turns · {stats.tokens_per_s:.0f} tok/s"
+            f" · last: {trajectory.task_id} {trajectory.termination}"))
+
+    def on_stopping() -> None:
+        console.print("[yellow]stopping: finishing the running episodes (Ctrl-C again to abort them)[/]")
+
+    try:
+        with progress:
+            stats = collect_episodes(tasks, out, policy=policy_spec, agent=agent, config=config,
+                                     tasks_source=tasks_source, allow_mixed=allow_mixed, on_start=on_start,
+                                     on_episode=on_episode, handle_sigint=True, on_stopping=on_stopping)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]aborted; finished trajectories are in {out} and the same command resumes[/]")
+        raise typer.Exit(130) from None
+    _collection_summary(stats, out)
+    return stats
+
+
+def _collection_summary(stats: CollectStats, out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title="collection", show_header=False)
+    for key, value in [
+        ("episodes run", f"{stats.done} (+{stats.already_done} from before) of {stats.total}"),
+        ("resolved", f"{stats.resolved} ({stats.resolved_share:.0%})"),
+        ("terminations", ", ".join(f"{k} {v}" for k, v in stats.terminations.most_common()) or "-"),
+        ("mean turns", f"{stats.mean_turns:.1f}"),
+        ("tokens sampled", f"{stats.completion_tokens} ({stats.tokens_per_s:.0f}/s)"),
+        ("wall time", f"{stats.elapsed:.1f} s"),
+    ]:
+        table.add_row(key, value)
+    console.print(table)
+    for error in stats.errors[:5]:
+        console.print(f"[red]{error}[/]")
+    console.print(f"trajectories: [bold]{out / 'trajectories.jsonl'}[/]\n"
+                  f"browse them:  forager view {out}\n"
+                  f"SFT dataset:  forager export {out} --out {out / 'sft'}")
+
+
+def collect(
+    tasks: str | None = typer.Option(None, help="Tasks: JSONL/JSON/Parquet, a dataset dir or hub name (default: the sample repository's mutate-fix tasks)."),
+    out: Path = typer.Option(Path("trajectories"), help="Directory for trajectories.jsonl (the same command resumes)."),
+    policy: str | None = typer.Option(None, help="reference, replay, openai, hf or module:Class (default: openai when a server is configured, else reference)."),
+    model: str | None = typer.Option(None, help="Model name (openai) or path/hub name (hf); or FORAGER_MODEL."),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1; or FORAGER_BASE_URL."),
+    api_key: str | None = typer.Option(None, help="API key; or FORAGER_API_KEY / OPENAI_API_KEY."),
+    temperature: float | None = typer.Option(None, help="Sampling temperature."),
+    replay: Path | None = typer.Option(None, help="Trajectories to replay (the replay policy)."),
+    policy_option: list[str] = typer.Option([], "--policy-option", help="KEY=VALUE passed to the policy (JSON values allowed); repeatable."),
+    samples_per_task: int = typer.Option(1, "--samples-per-task", "-k", min=1, help="Episodes per task."),
+    workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes at once (one container each)."),
+    warm_pool: int | None = typer.Option(None, min=0, help="Containers started ahead per image for resets and grading (default: min(workers, 4); 0: none)."),
+    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
+    ray_address: str | None = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
+    config: Path | None = typer.Option(None, help="YAML agent config (prompts, tool format, budgets), optionally under `agent:`."),
+    max_turns: int | None = typer.Option(None, help="Turn budget per episode (default 64)."),
+    max_context: int | None = typer.Option(None, help="Token budget of the whole context (default 32768)."),
+    tool_format: str | None = typer.Option(None, help="cwm (tags in the text, default) or openai (function calling)."),
+    reward_unresolved: float = typer.Option(0.0, help="Reward when not resolved (CWM used -1)."),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N tasks."),
+    split: str = typer.Option("test", help="Dataset split."),
+    fmt: str = typer.Option("auto", "--format", help="auto, forager, swebench or swe-smith."),
+    allow_mixed: bool = typer.Option(False, help="Allow a different policy/config in an existing --out."),
+) -> None:
+    """Run the ForagerAgent on tasks and save one trajectory per (task, sample), resumably."""
+    from forager.agent.config import CollectConfig, load_agent_config
+
+    if tasks is None:
+        task_list, kind = _sample_tasks(runtime.value)
+        source = "sample (embedded)"
+    else:
+        task_list, kind, source = read_tasks(tasks, split, fmt), runtime.value, tasks
+    task_list = task_list[:limit] if limit else task_list
+    if not task_list:
+        fail(f"no tasks in {source}")
+    spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
+    agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
+    run_config = CollectConfig(samples_per_task=samples_per_task, workers=workers, runtime=kind,
+                               ray_address=ray_address, reward={"unresolved": reward_unresolved},
+                               warm_pool=min(workers, 4) if warm_pool is None else warm_pool)
+    console.print(f"collecting {len(task_list)} task(s) x {samples_per_task} sample(s) with the {spec.name} "
+                  f"policy, {workers} worker(s), {kind} runtime -> {out}")
+    run_collection(task_list, out, spec, agent, run_config, source, allow_mixed)
+
+
+def quickstart(
+    runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto (Docker when it answers)."),
+    out: Path = typer.Option(Path("forager-quickstart"), help="Where the trajectories go."),
+    samples_per_task: int = typer.Option(2, "--samples-per-task", "-k", min=1),
+    workers: int = typer.Option(2, "--workers", "-j", min=1),
+) -> None:
+    """Collect trajectories on the sample repository's mutate-fix tasks with the embedded defaults, and show them."""
+    from forager.agent.config import AgentConfig, CollectConfig
+
+    task_list, kind = _sample_tasks(runtime.value)
+    spec = _policy_spec()
+    console.print(f"collecting {len(task_list)} sample task(s) x {samples_per_task} with the {spec.name} policy "
+                  f"on the {kind} runtime -> {out}")
+    run_collection(task_list, out, spec, AgentConfig(), CollectConfig(
+        samples_per_task=samples_per_task, workers=workers, runtime=kind, warm_pool=min(workers, 4)),
+        "sample (embedded)", allow_mixed=False)
+    _show_first(out)
+
+
+def _show_first(out: Path) -> None:
+    """The start of the first trajectory in a panel, and the HTML page to browse them all."""
+    from forager.trajectories.store import read_trajectories
+
+    first: Any = next(iter(read_trajectories([out], strict=False)), None)
+    if first is not None:
+        console.print(Panel("\n\n".join(f"[bold]{m.role}[/]: {m.content[:400]}" for m in first.messages[1:5]),
+                            title=f"the start of {first.trajectory_id} (reward {first.reward:g}, {first.termination})"))
+    try:
+        from forager.trajectories.view import write_view
+
+        page = write_view([out], out / "index.html")
+        console.print(f"view them: [bold]file://{Path(page).resolve()}[/] (`forager view {out}` makes it again)")
+    except ImportError:
+        pass

@@ -1,0 +1,195 @@
+"""The layers of an image: the scripts that make them, running one in a container and committing it.
+
+A layer is one script run as root in a container of its parent, with its files copied in (never
+bind-mounted, so the wheelhouse never lands in a layer), then committed. What the script says is
+part of the layer's tag.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import tarfile
+import threading
+from pathlib import Path
+from typing import TextIO
+
+import docker
+import docker.errors
+
+from forager.core import DEFAULT_TEST_COMMAND
+from forager.home import forager_home
+from forager.images.manifest import ImageBuildError
+from forager.images.resolve import Target
+from forager.images.spec import Recipe
+from forager.runtime.base import owner_labels
+
+USER, UID = "forager", 1000
+VENV = "/opt/venv"
+WORKDIR = "/repo"
+GIT_EXCLUDES = ["*.egg-info/", "__pycache__/", "*.pyc", ".eggs/", "build/", ".pytest_cache/", ".hypothesis/",
+                "*.so", ".coverage*"]
+
+LayerFiles = dict[str, list[tuple[str, "Path | str", int]]]
+"""Destination directory -> (name, a directory or a text, owner uid) entries to copy in."""
+
+_probe_cache: dict[str, tuple[str, Target]] = {}
+
+
+# -- layer scripts (run as root; what they say is part of the layer's tag) ------------------------------
+def env_script(recipe: Recipe, online: bool) -> str:
+    pip = f"{VENV}/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-deps"
+    lines = ["set -eux", f"id -u {USER} >/dev/null 2>&1 || useradd --create-home --uid {UID} --shell /bin/bash {USER}"]
+    if recipe.system_packages:
+        lines += ["apt-get update -qq",
+                  "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
+                  + " ".join(shlex.quote(p) for p in recipe.system_packages), "rm -rf /var/lib/apt/lists/*"]
+    lines.append(f"python3 -m venv {VENV}")
+    if online:  # the locked pins, from the index the image can reach
+        lines.append(f"{pip} -r /tmp/requirements.txt && rm -f /tmp/requirements.txt")
+    else:  # offline: the host's wheelhouse, no index
+        lines += [f"{pip} --no-index --find-links /tmp/wheelhouse -r /tmp/wheelhouse/requirements.txt",
+                  "rm -rf /tmp/wheelhouse"]
+    lines += [f"git config --system user.name {USER}", f"git config --system user.email {USER}@localhost",
+              "git config --system --add safe.directory '*'", "git config --system init.defaultBranch main"]
+    return "\n".join(lines)
+
+
+def repo_script(recipe: Recipe, build_env: dict[str, str]) -> str:
+    # --use-pep517: a setup.py-only project goes through setuptools' PEP 660 hook too, not `setup.py
+    # develop` (which newer setuptools turns into a pip call that wants an index).
+    install = recipe.install or (f"{VENV}/bin/python -m pip install --no-index --no-deps --no-build-isolation "
+                                 "--use-pep517 --disable-pip-version-check -e .")
+    return "\n".join([
+        "set -eux", *(f"export {k}={shlex.quote(v)}" for k, v in build_env.items()), f"cd {WORKDIR}",
+        f"printf '%s\\n' {' '.join(shlex.quote(p) for p in GIT_EXCLUDES)} >> .git/info/exclude",
+        *recipe.pre_install, install,
+        # The commit's files stay as they were (tasks diff against it): files the install rewrote
+        # (a setuptools-scm `_version.py`) go back to the committed text.
+        "changed=$(git diff --name-only)",
+        'if [ -n "$changed" ]; then echo "restoring files the install rewrote: $changed"; git checkout -- .; fi',
+        f"chown -R {USER}:{USER} {WORKDIR}",
+    ])
+
+
+# -- running a layer -----------------------------------------------------------------------------
+def commit_layer(client: docker.DockerClient, image: str, tag: str, script: str, files: LayerFiles,
+                 changes: list[str], labels: dict[str, str], *, network: bool, stage: str, log_file: TextIO,
+                 timeout: float) -> None:
+    """Run `script` as root in a container from `image` with `files` copied in, and commit it as `tag`.
+
+    The script's output goes to `log_file`; a failure raises ImageBuildError at `stage`.
+    """
+    _log(log_file, f"$ bash -c (in {image}, network {'on' if network else 'off'}):\n{script}")
+    # The build container names its owner, so `forager gc` removes it if this process dies.
+    container = client.containers.create(
+        image, ["bash", "-c", script], user="0", labels={**labels, **owner_labels()}, working_dir="/",
+        network_mode="bridge" if network else "none", entrypoint=[],
+    )
+    try:
+        for dest, entries in files.items():
+            container.put_archive(dest, tar_entries(entries))
+        container.start()
+        timer = threading.Timer(timeout, lambda: _kill(container))
+        timer.start()
+        try:
+            for chunk in container.logs(stream=True, follow=True):
+                log_file.write(chunk.decode("utf-8", "replace"))
+            log_file.flush()
+            status = container.wait()
+        finally:
+            timer.cancel()
+        code = status.get("StatusCode")
+        if code != 0:
+            output = container.logs().decode("utf-8", "replace")
+            reason = install_failure(output, code, timeout)
+            raise ImageBuildError(stage, f"install error: {reason}", log_file.name, output[-2500:])
+        repository, _, version = tag.partition(":")
+        # A commit keeps the container's labels: blank the owner out, or every container of the
+        # image would name this (soon dead) build process as its owner.
+        blank_owner = "LABEL " + " ".join(f'{key}=""' for key in owner_labels() if key != "forager")
+        container.commit(repository=repository, tag=version, changes=[*changes, blank_owner],
+                         message=f"forager {stage} layer", author="forager")
+        _log(log_file, f"committed {tag}")
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException:
+            pass
+
+
+def probe_base(client, base: str) -> tuple[str, Target]:
+    """The base image's id, Python version, machine and glibc (cached by image id)."""
+    try:
+        image = client.images.get(base)
+    except docker.errors.ImageNotFound as err:
+        raise ImageBuildError("detect", f"no base image {base}: build it with `forager images bootstrap`") from err
+    if image.id in _probe_cache:
+        return _probe_cache[image.id]
+    cache = forager_home() / "images" / "bases" / f"{image.id.replace(':', '-')}.json"
+    if cache.is_file():
+        info = json.loads(cache.read_text())
+    else:
+        out = client.containers.run(
+            image.id, ["python3", "-c", "import json, platform, sys; print(json.dumps({'python': '%d.%d' % "
+                       "sys.version_info[:2], 'machine': platform.machine(), 'glibc': platform.libc_ver()[1]}))"],
+            remove=True, network_mode="none", user="0", entrypoint=[],
+        )
+        info = json.loads(out.decode().strip().splitlines()[-1])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(info))
+    probe = (image.id, Target(info["python"], info["machine"], info["glibc"] or "2.17"))
+    _probe_cache[image.id] = probe
+    return probe
+
+
+def test_command_for(recipe: Recipe) -> str:
+    command = recipe.test_command or DEFAULT_TEST_COMMAND
+    for item in recipe.ignore_tests:
+        command += f" --deselect={shlex.quote(item)}" if "::" in item else f" --ignore={shlex.quote(item)}"
+    return command
+
+
+def tar_entries(entries: list[tuple[str, Path | str, int]]) -> bytes:
+    """A tar of (name, directory or text, owner uid) entries; owners are set here, not by a chown layer."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content, uid in entries:
+            def owned(info: tarfile.TarInfo, uid: int = uid) -> tarfile.TarInfo:
+                info.uid = info.gid = uid
+                info.uname = info.gname = ""
+                return info
+            if isinstance(content, Path):
+                tar.add(content, arcname=name, filter=owned)
+            else:
+                data = content.encode()
+                info = owned(tarfile.TarInfo(name))
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def install_failure(output: str, code: int | None, timeout: float) -> str:
+    if code in (137, -9):
+        return f"the step was killed (timed out after {timeout:g}s, or out of memory)"
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    # pip's own verdict first, then any error line, then the last line
+    for pattern in (r"ERROR: (?!Exception)", r"(E:|fatal:|error:|\w+Error:)"):
+        found = [line for line in lines if re.match(pattern, line) and "subprocess-exited-with-error" not in line]
+        if found:
+            return f"the step exited with {code}: {found[-1][:400]}"
+    return f"the step exited with {code}: {(lines or [''])[-1][:400]}"
+
+
+def _kill(container) -> None:
+    try:
+        container.kill()
+    except docker.errors.DockerException:
+        pass
+
+
+def _log(log_file: TextIO, message: str) -> None:
+    log_file.write(message if message.endswith("\n") else message + "\n")
+    log_file.flush()
