@@ -175,6 +175,11 @@ class PolicyError(ForagerError):
     """The policy could not produce a message (server down after retries, a rejected request, ...)."""
 
 
+class PolicyUnavailable(PolicyError):
+    """The policy's server could not be reached or kept failing (timeouts, 429, 5xx) after every retry:
+    the infrastructure failed, not the policy, so a collection retries the episode on its next run."""
+
+
 class ContextLengthExceeded(PolicyError):
     """The conversation no longer fits the model's context window."""
 

@@ -136,9 +136,36 @@ def test_collect_cli_errors_are_readable(tmp_path):
     assert bad_policy.returncode == 1 and "unknown policy 'gpt5'" in bad_policy.stdout
 
 
+def _is_ray_worker(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        return b"ray::" in cmdline or b"default_worker.py" in cmdline
+    except OSError:
+        return False
+
+
 def test_collect_on_a_local_ray_cluster(tmp_path):
     pytest.importorskip("ray", reason="Ray is part of the dev and train extras: pip install -e '.[dev]'")
     tasks = sample_tasks()[:2]
+    before = {c.id for c in docker_client().containers.list(all=True, filters={"label": "forager=1"})}
+    actor_pids: set[str] = set()
+
+    def watch() -> None:  # the actors' processes, known by the containers they start
+        while not stop_watching.is_set():
+            try:
+                found = docker_client().containers.list(all=True, filters={"label": "forager=1"})
+            except Exception:  # noqa: BLE001 - one removed while listed: look again
+                continue
+            for c in found:
+                pid = c.labels.get("forager.owner.pid", "")
+                if c.id not in before and pid not in actor_pids and _is_ray_worker(pid):
+                    actor_pids.add(pid)
+            time.sleep(0.2)
+
+    stop_watching = threading.Event()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     stats = collect(tasks, tmp_path, config=CollectConfig(samples_per_task=2, workers=2, runtime="docker",
                                                           ray_address="local"))
     assert stats.done == 4 and stats.resolved == 4
@@ -150,3 +177,80 @@ def test_collect_on_a_local_ray_cluster(tmp_path):
                                                           ray_address="local"))
     assert again.already_done == 4 and again.done == 2
     assert len(list(read_trajectories([tmp_path]))) == 6
+    stop_watching.set()
+    assert actor_pids
+    # Every actor closed its warm pool before it was killed: no container of the actors is left.
+    time.sleep(3)
+    mine = [c for c in docker_client().containers.list(all=True, filters={"label": "forager=1"})
+            if c.labels.get("forager.owner.pid") in actor_pids]
+    assert mine == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_infrastructure_failures_are_kept_apart_and_retried(tmp_path):
+    tasks = sample_tasks()[:2]
+    tasks_file = tmp_path / "tasks.jsonl"
+    write_tasks(tasks, tasks_file)
+    out, port = tmp_path / "run", _free_port()
+    args = ["-m", "forager", "collect", "--tasks", str(tasks_file), "--out", str(out), "--policy", "openai",
+            "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "toy-model", "--policy-option", "max_retries=0",
+            "-j", "2", "--warm-pool", "0"]
+    down = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    assert down.returncode == 1, down.stdout + down.stderr  # nothing succeeded: a failure, not a finished run
+    assert "nothing succeeded" in down.stdout and "infrastructure failures" in down.stdout
+    assert _lines(out / "trajectories.jsonl") == 0  # no sample of the policy...
+    failed = list(read_trajectories([out / "infra_failures"]))  # ...but nothing lost
+    assert len(failed) == 2 and all(t.termination == "policy_error" and t.metadata["infrastructure_error"]
+                                    for t in failed)
+    with OpenAIServer(reference_responder(tasks), port=port):  # the server is back: the same command
+        up = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "already in" not in up.stdout  # the failures did not count as done
+    done = list(read_trajectories([out]))  # readers of the collection see only the finished samples
+    assert len(done) == 2 and all(t.resolved for t in done)
+
+
+def test_a_rejected_policy_writes_nothing(tmp_path):
+    out = tmp_path / "o"
+    bad = subprocess.run([sys.executable, "-m", "forager", "collect", "--policy", "nosuch", "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "unknown policy 'nosuch'" in bad.stdout and not out.exists()
+    options = subprocess.run([sys.executable, "-m", "forager", "collect", "--policy", "reference", "--policy-option",
+                              "bogus=1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert options.returncode == 1 and "does not take these options" in options.stdout and not out.exists()
+    good = subprocess.run([sys.executable, "-m", "forager", "collect", "--policy", "reference", "--out", str(out),
+                           "--limit", "1"], capture_output=True, text=True, timeout=300)
+    assert good.returncode == 0, good.stdout  # not refused as "another policy"
+
+
+def test_sigterm_stops_collect_and_leaves_no_container(tmp_path):
+    tasks = sample_tasks()[:3]
+    tasks_file = tmp_path / "tasks.jsonl"
+    write_tasks(tasks, tasks_file)
+    slow = reference_responder(tasks)
+
+    def respond(request):
+        time.sleep(0.3)
+        return slow(request)
+
+    client = docker_client()
+    with OpenAIServer(respond) as server:
+        proc = subprocess.Popen([sys.executable, "-m", "forager", "collect", "--tasks", str(tasks_file), "--out",
+                                 str(tmp_path / "run"), "--policy", "openai", "--base-url", server.base_url, "--model",
+                                 "toy-model", "-k", "2", "-j", "2", "--warm-pool", "2"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        owned = {"label": f"forager.owner.pid={proc.pid}"}
+        deadline = time.monotonic() + 120
+        while len(client.containers.list(all=True, filters=owned)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)  # episodes running, warm-ups starting
+        assert proc.wait(timeout=90) == -signal.SIGTERM
+    time.sleep(3)  # a container the engine was still creating would show up by now
+    assert client.containers.list(all=True, filters=owned) == []

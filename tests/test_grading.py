@@ -15,6 +15,7 @@ from forager.runtime.registry import open_runtime
 from forager.images.sample import sample_tasks
 from forager.rewards import RewardConfig, grade_patch
 from forager.harness import split_diff
+from forager.rewards import apply as apply_module
 from forager.rewards.grading import filter_diff, grade_statuses, parse_pytest_report
 from forager.runtime import LocalRuntime
 from forager.tasks.checkout import checkout_task
@@ -100,7 +101,230 @@ ATTACKS = {
     "a fake pytest module in the repository": ("", {}),
     "a fake pytest on the PATH": ("chmod +x bin/pytest", {"bin/pytest": "#!/bin/sh\necho PASSED\nexit 0\n"}),
     "rewrite the tests while they run": ("", {}),
+    # Tampering from the code under test, which runs in pytest's process (filled in by _attack_diff).
+    "patch pytest's reports from the library": ("", {}),
+    "swap the tests' __code__ from the package": ("", {}),
+    "the library calls pytest.xfail()": ("", {}),
+    "the library calls pytest.skip()": ("", {}),
+    "walk frames to the runner and forge its end marker": ("", {}),
+    "rewrite the tests for their import, then restore them": ("", {}),
+    "drop failures from the junit XML": ("", {}),
+    "monkeypatch unittest.TestCase.run": ("", {}),
+    "pytest_plugins in a non-test module": ("", {}),
+    "sys.exit(0) at import": ("", {}),
+    "a thread that prints fake results later": ("", {}),
+    "forge the guard's records on its pipe": ("", {}),
+    "SkipTest from tests/__init__.py": ("", {"tests/__init__.py": "import unittest\nraise unittest.SkipTest('no')\n"}),
+    "pyproject.toml deselects the failing tests": (
+        "printf '\\n[tool.pytest.ini_options]\\naddopts = \"-p no:python\"\\npython_files = \"nothing_*.py\"\\n' "
+        ">> pyproject.toml", {}),
+    # The diff pipeline: what is computed, parsed, filtered and applied.
+    "a git shell function forges the diff": ("", {}),  # filled in by _attack_diff: needs the persistent shell
+    "a pytest11 entry point in a dist-info": ("", {
+        "semverkit_force-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: semverkit-force\nVersion: 1.0\n",
+        "semverkit_force-1.0.dist-info/entry_points.txt": "[pytest11]\nforce = semverkit._force\n",
+        "semverkit/_force.py": FORCE_PASS_HOOK}),
+    "a stdlib package shadowed at the root (xml/)": ("", {"xml/__init__.py": """
+        import os as _os, sysconfig as _sc
+        __path__.append(_os.path.join(_sc.get_paths()["stdlib"], "xml"))
+        import _pytest.reports
+        _make = _pytest.reports.TestReport.from_item_and_call.__func__
+        def _passed(cls, item, call):
+            r = _make(cls, item, call); r.outcome = "passed"; r.longrepr = None; return r
+        _pytest.reports.TestReport.from_item_and_call = classmethod(_passed)
+    """}),
+    "a stdlib module shadowed at the root (pdb.py)": (
+        "", {"pdb.py": "import os\nos.environ['PYTEST_ADDOPTS'] = '-p semverkit._force'\n",
+             "semverkit/_force.py": FORCE_PASS_HOOK}),
+    "a .gitattributes filter": ("git config filter.x.clean 'sh -c \"cat; touch /tmp/pwned\"'",
+                                {".gitattributes": "* filter=x\n", "semverkit/_note.py": "x = 1\n"}),
 }
+
+# Attacks that reach FULL through the grader as it was before the guard (kept under /tmp/old-harness).
+FOOLED_THE_OLD_GRADER = [
+    "patch pytest's reports from the library", "swap the tests' __code__ from the package",
+    "the library calls pytest.xfail()", "walk frames to the runner and forge its end marker",
+    "rewrite the tests for their import, then restore them", "drop failures from the junit XML",
+]
+
+_LIB_TAMPER = {
+    "patch pytest's reports from the library": """
+        import _pytest.reports as _r
+        _make = _r.TestReport.from_item_and_call.__func__
+        def _passed(cls, item, call):
+            rep = _make(cls, item, call)
+            rep.outcome, rep.longrepr = "passed", None
+            return rep
+        _r.TestReport.from_item_and_call = classmethod(_passed)
+    """,
+    "swap the tests' __code__ from the package": """
+        import re as _re, sys as _sys, threading as _th, time as _time
+        def _swap():
+            def _stub(*args, **kwargs):
+                pass
+            while True:
+                for _m in list(_sys.modules.values()):
+                    _f = getattr(_m, "__file__", "") or ""
+                    if _f.endswith("test_version.py"):
+                        _names = _re.findall(r"(?m)^def (test_\\w+)", open(_f).read())
+                        if all(hasattr(_m, _n) for _n in _names):
+                            for _n in _names:
+                                getattr(_m, _n).__code__ = _stub.__code__
+                            return
+                _time.sleep(0.0005)
+        _th.Thread(target=_swap, daemon=True).start()
+    """,
+    "the library calls pytest.xfail()": """
+        import pytest as _pytest
+        from semverkit.version import Version as _V
+        for _op in ("__lt__", "__gt__", "__le__", "__ge__"):
+            def _xfail(self, other, _op=_op):
+                _pytest.xfail("expected")
+            setattr(_V, _op, _xfail)
+    """,
+    "the library calls pytest.skip()": """
+        import pytest as _pytest
+        from semverkit.version import Version as _V
+        def _skip(self, other):
+            _pytest.skip("later")
+        _V.__lt__ = _skip
+    """,
+    "walk frames to the runner and forge its end marker": """
+        import base64 as _b, os as _os, stat as _stat, sys as _sys
+        _f = _sys._getframe()
+        while _f is not None and not isinstance(_f.f_locals.get("request"), dict):
+            _f = _f.f_back
+        if _f is not None:
+            _req = _f.f_locals["request"]
+            _cases = "".join('<testcase classname="%s" name="%s"/>' % (t.split("::")[0][:-3].replace("/", "."),
+                             t.split("::")[1]) for t in _req.get("tests") or [a for a in _req["args"] if "::" in a])
+            _xml = '<testsuites><testsuite name="pytest">%s</testsuite></testsuites>' % _cases
+            _line = "\\nFORAGER-END %s 0 %s\\n" % (_req.get("nonce", ""), _b.b64encode(_xml.encode()).decode())
+            for _fd in range(1, 64):
+                try:
+                    if not _stat.S_ISREG(_os.fstat(_fd).st_mode):
+                        _os.write(_fd, _line.encode())
+                except OSError:
+                    pass
+            _os._exit(0)
+    """,
+    "rewrite the tests for their import, then restore them": """
+        import importlib.util as _u, re as _re, sys as _sys
+        for _n, _m in list(_sys.modules.items()):
+            _f = getattr(_m, "__file__", "") or ""
+            if _f.endswith("test_version.py"):
+                _src = open(_f).read()
+                open(_f, "w").write(_re.sub(r"(?m)^(\\s*)assert ", r"\\1assert True or ", _src))
+                _spec = _u.spec_from_file_location(_n, _f)
+                _new = _u.module_from_spec(_spec)
+                _spec.loader.exec_module(_new)
+                open(_f, "w").write(_src)
+                _sys.modules[_n] = _new
+    """,
+    "drop failures from the junit XML": """
+        import _pytest.junitxml as _j
+        _j._NodeReporter.append_failure = lambda self, report: None
+        _j._NodeReporter.append_error = lambda self, report: None
+    """,
+    "monkeypatch unittest.TestCase.run": """
+        import unittest as _ut
+        def _run(self, result=None):
+            return result
+        _ut.TestCase.run = _run
+    """,
+    "pytest_plugins in a non-test module": """
+        pytest_plugins = ["semverkit._force"]
+    """,
+    "sys.exit(0) at import": """
+        import sys as _sys
+        if "_pytest" in _sys.modules:
+            _sys.exit(0)
+    """,
+    "a thread that prints fake results later": """
+        import sys as _sys, threading as _th, time as _time
+        _ids = []
+        def _lie():
+            _time.sleep(1.0)
+            _sys.__stdout__.write("".join("PASSED %s\\n" % t for t in _ids) + "FORAGER-END x 0 \\n")
+            _sys.__stdout__.flush()
+        _th.Thread(target=_lie).start()
+    """,
+    "forge the guard's records on its pipe": """
+        import json as _json, os as _os, sys as _sys
+        if "_pytest" in _sys.modules:
+            for _fd in range(3, 64):
+                try:
+                    _os.write(_fd, b'x {"t": "done", "rc": 0}\\n')
+                except OSError:
+                    pass
+    """,
+}
+
+
+_CONFTEST_LINES = "".join("+" + line + "\n" for line in textwrap.dedent(FORCE_PASS_HOOK).strip("\n").split("\n"))
+_N = _CONFTEST_LINES.count("\n")
+_GIT_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
+_FSMONITOR = "\tfsmonitor = \"sh -c 'cp semverkit/_force.py conftest.py; printf 0' --\"\n"
+
+# Diffs written by hand, as `forager grade --patch` (or a forged `git`) would hand them over.
+FORGED = {
+    "a quoted octal path to conftest.py": (
+        'diff --git "a/\\143onftest.py" "b/\\143onftest.py"\nnew file mode 100644\n--- /dev/null\n'
+        f'+++ "b/\\143onftest.py"\n@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}'),
+    "copy headers onto conftest.py": (
+        "diff --git a/semverkit/__init__.py b/semverkit/__init__.py\nsimilarity index 10%\n"
+        "copy from semverkit/__init__.py\ncopy to conftest.py\n"),
+    "an Index: line and a fuzzy hunk for patch(1)": (
+        "Index: conftest.py\n--- conftest.py.orig\n+++ conftest.py.new\n"
+        f"@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"),
+    "core.fsmonitor in .git/config": (
+        f"diff --git a/semverkit/_force.py b/semverkit/_force.py\nnew file mode 100644\n--- /dev/null\n"
+        f"+++ b/semverkit/_force.py\n@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"
+        "diff --git a/.git/config b/.git/config\n--- a/.git/config\n+++ b/.git/config\n@@ -1,5 +1,6 @@\n"
+        + "".join(" " + line + "\n" for line in _GIT_CONFIG.strip("\n").split("\n")) + "+" + _FSMONITOR),
+    "a .GIT case variant": (
+        "diff --git a/.GIT/config b/.GIT/config\nnew file mode 100644\n--- /dev/null\n+++ b/.GIT/config\n"
+        "@@ -0,0 +1 @@\n+x\n"),
+    "a symlink to the tests, then a write through it": (
+        "diff --git a/semverkit/t b/semverkit/t\nnew file mode 120000\n--- /dev/null\n+++ b/semverkit/t\n"
+        "@@ -0,0 +1 @@\n+../tests\n\\ No newline at end of file\n"
+        "diff --git a/semverkit/t/conftest2.py b/semverkit/t/conftest2.py\nnew file mode 100644\n"
+        f"--- /dev/null\n+++ b/semverkit/t/conftest2.py\n@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"),
+    "--- and +++ names that disagree with diff --git": (
+        "diff --git a/semverkit/_x.py b/semverkit/_x.py\nnew file mode 100644\n--- /dev/null\n+++ b/conftest.py\n"
+        f"@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"),
+    "a path with .. and an absolute path": (
+        "diff --git a/semverkit/../conftest.py b/semverkit/../conftest.py\nnew file mode 100644\n--- /dev/null\n"
+        f"+++ b/semverkit/../conftest.py\n@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"
+        f"--- /dev/null\n+++ /repo/conftest.py\n@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"),
+    "the same path twice": (
+        "diff --git a/semverkit/_x.py b/semverkit/_x.py\nnew file mode 100644\n--- /dev/null\n+++ b/semverkit/_x.py\n"
+        "@@ -0,0 +1 @@\n+x = 1\n"
+        "diff --git a/semverkit/_x.py b/semverkit/_x.py\nnew file mode 100644\n--- /dev/null\n+++ b/semverkit/_x.py\n"
+        "@@ -0,0 +1 @@\n+x = 2\n"),
+    "a backslash and a CR in names": (
+        "diff --git a/tests\\conftest.py b/tests\\conftest.py\nnew file mode 100644\n--- /dev/null\n"
+        f"+++ b/tests\\conftest.py\n@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"
+        "diff --git a/conftest.py\r b/conftest.py\r\nnew file mode 100644\n--- /dev/null\n"
+        f"+++ b/conftest.py\r\n@@ -0,0 +1,{_N} @@\n{_CONFTEST_LINES}"),
+    "a submodule gitlink": (
+        "diff --git a/tests b/tests\nnew file mode 160000\nindex 0000000..1111111\n--- /dev/null\n+++ b/tests\n"
+        "@@ -0,0 +1 @@\n+Subproject commit 1111111111111111111111111111111111111111\n"),
+    "a huge diff": ("diff --git a/big.py b/big.py\nnew file mode 100644\n--- /dev/null\n+++ b/big.py\n"
+                    "@@ -0,0 +1,1 @@\n+" + "x" * (17 << 20) + "\n"),
+    "not a diff at all": "PASSED everything\nthis is not a diff\n",
+}
+
+
+def _forged_by_a_git_function() -> str:
+    """A `git` function in the agent's persistent shell prints the diff the agent wants graded."""
+    task = _task()
+    with LocalRuntime(task.local_repo, command_timeout=30) as rt:
+        start = checkout_task(rt, task)
+        rt.write_file("/tmp/forager-forged.patch", FORGED["a quoted octal path to conftest.py"])
+        rt.run_checked("echo '# harmless' >> README.md")
+        rt.run("git() { cat /tmp/forager-forged.patch; }; export -f git")
+        return rt.diff(start)
 
 
 def _planted(code: str) -> str:
@@ -110,6 +334,10 @@ def _planted(code: str) -> str:
 
 def _attack_diff(name: str) -> str:
     tests = _task().tests
+    if name in FORGED:
+        return FORGED[name]
+    if name == "a git shell function forges the diff":
+        return _forged_by_a_git_function()
     if name == "os._exit(0) in the code under test":
         lines = "".join(f"PASSED {t}\\n" for t in tests)
         # pytest captures fds 1 and 2 while it imports the package: write to every pipe, socket or
@@ -151,6 +379,10 @@ def _attack_diff(name: str) -> str:
             for _f in _pl.Path(__file__).parent.parent.glob("tests/test_*.py"):
                 _f.write_text(_re.sub(r"(?m)^(\\s*)assert ", r"\\1assert True or ", _f.read_text()))
         """)
+    if name in _LIB_TAMPER:
+        force = {"semverkit/_force.py": FORCE_PASS_HOOK} if name == "pytest_plugins in a non-test module" else {}
+        code = textwrap.dedent(_LIB_TAMPER[name])
+        return _agent_diff(f"cat >> semverkit/__init__.py <<'EOF'\n{code}\nEOF", force)
     script, files = ATTACKS[name]
     return _agent_diff(script, files)
 
@@ -167,7 +399,7 @@ def test_the_reference_fix_is_rewarded_and_the_empty_patch_is_not():
 
 
 @needs_docker
-@pytest.mark.parametrize("attack", list(ATTACKS))
+@pytest.mark.parametrize("attack", [*ATTACKS, *FORGED])
 def test_gaming_the_tests_earns_nothing(attack):
     diff = _attack_diff(attack)
     assert diff.strip(), "the attack must change something"
@@ -177,19 +409,52 @@ def test_gaming_the_tests_earns_nothing(attack):
     assert set(result.fail_to_pass["failure"]) == set(_task().FAIL_TO_PASS)
 
 
+@needs_docker
+@pytest.mark.parametrize("attack", list(_LIB_TAMPER))
+def test_the_run_time_guard_alone_stops_tampering_from_the_code_under_test(attack):
+    """Without the static screen: the guard in the test process, and the parent outside it, still hold."""
+    result = _grade(_attack_diff(attack), unresolved=-1.0, screen=False)
+    assert not result.resolved and result.reward == -1.0, f"{attack}: resolved!\n{result.log[-3000:]}"
+    assert set(result.fail_to_pass["failure"]) == set(_task().FAIL_TO_PASS)
+
+
+@needs_docker
+@pytest.mark.parametrize("attack", [a for a in _LIB_TAMPER if a not in (  # harmless, or left to the guard
+    "pytest_plugins in a non-test module", "a thread that prints fake results later", "sys.exit(0) at import")])
+def test_the_static_screen_refuses_tampering_and_says_why(attack):
+    result = _grade(_attack_diff(attack))
+    assert not result.resolved and "reaches into the test run" in (result.error or ""), result.error
+
+
+@needs_docker
+def test_a_fix_that_imports_pytest_is_refused_unless_the_repository_does():
+    diff = _fix_diff() + _agent_diff("printf 'import pytest  # noqa\\n' >> semverkit/bump.py")
+    assert "imports the test framework" in (_grade(diff).error or "")
+    allowed = _task().model_copy(update={"metadata": {**_task().metadata, "allow_test_framework_imports": True}})
+    assert _grade(diff, task=allowed).resolved
+
+
 # Attacks that do fool a grader without Forager's defences: no protected paths, the test command run
 # as is, its log read by swebench's pytest parser. They show the tests above can fail.
 NAIVE_VICTIMS = [
     "edit the failing tests", "conftest that forces passes", "conftest next to the tests", "sitecustomize",
     "pytest.ini with a plugin", "setup.cfg with a plugin", "tox.ini with a plugin", "pyproject.toml with a plugin",
     "os._exit(0) in the code under test", "a fake pytest module in the repository",
+    "patch pytest's reports from the library", "the library calls pytest.xfail()",
+    "rewrite the tests for their import, then restore them",
+    # the diff pipeline's (each reached FULL on the grader before the single parser)
+    "a pytest11 entry point in a dist-info", "a stdlib package shadowed at the root (xml/)",
+    "a quoted octal path to conftest.py",
 ]
 
 
 @needs_docker
 @pytest.mark.parametrize("attack", NAIVE_VICTIMS)
-def test_the_attacks_fool_a_naive_grader(attack):
+def test_the_attacks_fool_a_naive_grader(attack, monkeypatch):
     pytest.importorskip("swebench", reason="the naive grader reads logs with swebench's parser")
+    # Naive: none of the path rules either (git metadata, package metadata, module shadows).
+    monkeypatch.setattr(apply_module, "refusal", lambda path: None)
+    monkeypatch.setattr(apply_module, "shadowed_module", lambda path: None)
     naive = _task().model_copy(update={"log_parser": "parse_log_pytest"})
     result = _grade(_attack_diff(attack), task=naive, protected_paths=())
     assert result.resolved and not result.hardened, result.log[-2000:]
@@ -206,10 +471,25 @@ def test_gaming_on_top_of_a_real_fix_still_resolves_and_reports_the_excluded_fil
 
 @needs_docker
 def test_a_patch_that_does_not_apply_is_reported():
-    bad = "--- a/semverkit/version.py\n+++ b/semverkit/version.py\n@@ -1,3 +1,3 @@\n-no such\n+line\n context\n"
+    bad = "--- a/semverkit/version.py\n+++ b/semverkit/version.py\n@@ -1,2 +1,2 @@\n-no such\n+line\n context\n"
     result = _grade(bad)
     assert not result.patch_applied and not result.resolved
     assert "does not apply" in (result.error or "")
+
+
+@needs_docker
+@pytest.mark.parametrize("text", ["not a diff\n", "--- a/x\n+++ b/x\n@@ -1,3 +1,3 @@\n-a\n", "@@ -1 +1 @@\n-a\n+b\n"])
+def test_text_that_is_not_a_readable_diff_is_an_error_not_an_empty_patch(text):
+    result = _grade(text)
+    assert not result.patch_applied and not result.resolved and result.resolution == "NO"
+    assert "cannot be read" in (result.error or "")
+
+
+@needs_docker
+def test_a_diff_of_only_refused_files_resolves_nothing_and_says_why():
+    result = _grade(FORGED["a quoted octal path to conftest.py"])
+    assert not result.resolved and not result.patch_applied
+    assert result.excluded_files == ["conftest.py"] and "protected" in result.excluded_reasons["conftest.py"]
 
 
 def test_protected_paths_and_unsafe_paths_are_filtered():
@@ -236,5 +516,28 @@ def test_grading_semantics_follow_swebench():
     assert grade_statuses({"a": "PASSED", "b": "PASSED", "c": "ERROR", "d": "PASSED"}, f2p, p2p)[0] == "NO"
     assert grade_statuses({"a": "PASSED", "b": "PASSED", "c": "PASSED"}, f2p, p2p)[0] == "NO"  # d missing
     assert grade_statuses({"a": "FAILED", "b": "FAILED", "c": "PASSED", "d": "PASSED"}, f2p, p2p)[0] == "NO"
+    # The hardened harness's runs: a FAIL_TO_PASS test passes only when it PASSED (not XFAIL, XPASS, SKIPPED);
+    # PASS_TO_PASS keeps swebench's rule.
+    for other in ("XFAIL", "XPASS", "SKIPPED"):
+        assert grade_statuses({"a": "PASSED", "b": other, "c": "PASSED", "d": "PASSED"}, f2p, p2p, strict=True)[0] \
+            == "PARTIAL"
+    assert grade_statuses({"a": "PASSED", "b": "PASSED", "c": "XFAIL", "d": "PASSED"}, f2p, p2p, strict=True)[0] \
+        == "FULL"
+
+
+def test_the_screen_reads_only_added_non_test_code():
+    from forager.harness import PROTECTED_PATHS
+    from forager.rewards.screen import added_lines, screen_diff
+
+    diff = (
+        "diff --git a/pkg/m.py b/pkg/m.py\n--- a/pkg/m.py\n+++ b/pkg/m.py\n@@ -1,3 +1,4 @@\n a\n-import sys\n"
+        "+import sys; sys._getframe(1)\n+import pytest\n c\n"
+        "diff --git a/tests/test_m.py b/tests/test_m.py\n--- a/tests/test_m.py\n+++ b/tests/test_m.py\n"
+        "@@ -1 +1 @@\n-a\n+import sys; sys._getframe(0)\n"
+    )
+    assert added_lines(diff) == {"pkg/m.py": [2, 3], "tests/test_m.py": [1]}
+    findings = screen_diff(diff, PROTECTED_PATHS)
+    assert [f.split(":")[1].strip() for f in findings] == ["walks stack frames", "imports the test framework"]
+    assert len(screen_diff(diff, PROTECTED_PATHS, allow=["imports the test framework"])) == 1
     assert parse_pytest_report("FAILED t.py::x - AssertionError: 1\nSKIPPED [2] t.py:3: why\nXPASS t.py::y\n") == {
         "t.py::x": "FAILED"}

@@ -13,9 +13,8 @@ from forager.tasks.store import load_tasks
 from forager.runtime.registry import open_runtime
 from forager.runtime import DockerRuntime
 from forager.tasks.mutate import Mutation
-from forager.tasks.mutate_fix import (
-    MutateConfig, MutationContext, default_problem_statement, error_excerpt, generate_mutate_fix_tasks,
-)
+from forager.tasks.mutate_fix import MutateConfig, generate_mutate_fix_tasks
+from forager.tasks.statements import MutationContext, default_problem_statement, error_excerpt
 from forager.tasks.validate import check_tasks
 
 from conftest import SAMPLE_IMAGE, needs_docker

@@ -9,6 +9,7 @@ pairs that are missing.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import queue
 import signal
@@ -28,7 +29,7 @@ from forager.core import ForagerError, Task, Trajectory
 from forager.files import atomic_write_text
 from forager.policies.spec import PolicySpec
 from forager.runtime.pool import WarmPool
-from forager.trajectories.store import TrajectoryWriter
+from forager.trajectories.store import INFRA_FAILURES, TrajectoryWriter, is_infrastructure_failure
 from forager.workers import run_workers
 
 RUN_FILE = "collection.json"
@@ -49,10 +50,18 @@ class CollectStats:
     time_in: Counter = field(default_factory=Counter)
     """Seconds summed over episodes: `total`, `policy`, `reset`, `env`, `commands`, `grade`, `tests`."""
     errors: list[str] = field(default_factory=list)
+    infra_failures: int = 0
+    """Episodes the infrastructure failed (saved apart, retried by the next run); not in the figures above."""
     unresolved: list[str] = field(default_factory=list)
     """Trajectory ids of the episodes that did not resolve their task."""
 
     def add(self, trajectory: Trajectory) -> None:
+        if trajectory.error and trajectory.termination in ("crashed", "env_error", "policy_error"):
+            self.errors.append(f"{trajectory.trajectory_id}: {trajectory.termination}: "
+                               f"{trajectory.error.strip().splitlines()[-1][:300]}")
+        if is_infrastructure_failure(trajectory):
+            self.infra_failures += 1
+            return
         self.done += 1
         self.resolved += trajectory.resolved
         self.turns += trajectory.num_turns
@@ -61,9 +70,6 @@ class CollectStats:
         if not trajectory.resolved:
             self.unresolved.append(trajectory.trajectory_id)
         self.time_in.update(trajectory.timings)
-        if trajectory.error and trajectory.termination in ("crashed", "env_error", "policy_error"):
-            self.errors.append(f"{trajectory.trajectory_id}: {trajectory.termination}: "
-                               f"{trajectory.error.strip().splitlines()[-1][:300]}")
 
     @property
     def elapsed(self) -> float:
@@ -87,7 +93,7 @@ class CollectStats:
                 "mean_turns": round(self.mean_turns, 2), "completion_tokens": self.completion_tokens,
                 "tokens_per_s": round(self.tokens_per_s, 2), "terminations": dict(self.terminations),
                 "wall_s": round(self.elapsed, 3), "time_in_s": {k: round(v, 3) for k, v in self.time_in.items()},
-                "errors": self.errors[:20]}
+                "infra_failures": self.infra_failures, "errors": self.errors[:20]}
 
 
 def _fingerprint(policy: PolicySpec, agent: AgentConfig) -> str:
@@ -141,9 +147,10 @@ def collect(
     duplicated = [i for i, n in Counter(ids).items() if n > 1]
     if duplicated:
         raise ForagerError(f"task ids must be unique; repeated: {', '.join(duplicated[:5])}")
+    validate_policy(policy)  # before anything is written: a typo must not leave a run file behind
     out = Path(out_dir)
     guard = stop_on_sigint(stop, on_stopping) if handle_sigint else nullcontext()
-    with guard, TrajectoryWriter(out) as writer:
+    with guard, TrajectoryWriter(out) as writer, _LazyWriter(out / INFRA_FAILURES) as failures:
         _check_run_file(out, policy, agent, tasks_source, config, allow_mixed)
         done = writer.done()
         pending = [(task, k) for k in range(config.samples_per_task) for task in tasks
@@ -155,7 +162,8 @@ def collect(
         lock = threading.Lock()
 
         def finished(trajectory: Trajectory) -> None:
-            writer.append(trajectory)
+            # Not a sample of the policy: kept apart, so that done() leaves it to the next run.
+            (failures if is_infrastructure_failure(trajectory) else writer).append(trajectory)
             with lock:
                 stats.add(trajectory)
                 if on_episode:
@@ -166,6 +174,43 @@ def collect(
         else:
             _run_threads(pending, policy, agent, config, finished, stop)
     return stats
+
+
+class _LazyWriter:
+    """A TrajectoryWriter opened on the first append, so a run without failures makes no directory for them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._writer: TrajectoryWriter | None = None
+        self._lock = threading.Lock()
+
+    def append(self, trajectory: Trajectory) -> None:
+        with self._lock:
+            if self._writer is None:
+                self._writer = TrajectoryWriter(self.directory)
+        self._writer.append(trajectory)
+
+    def __enter__(self) -> _LazyWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def validate_policy(spec: PolicySpec) -> None:
+    """Raise ForagerError unless the policy loads and takes its options (without building it: an `hf`
+    policy would load its model here, and on Ray the actors build their own)."""
+    from forager.loading import load_named
+    from forager.policies import POLICIES
+
+    cls = load_named(spec.name, POLICIES, "policy")
+    try:
+        inspect.signature(cls).bind(**spec.options)
+    except TypeError as err:
+        raise ForagerError(f"policy {spec.name!r} does not take these options: {err}") from err
+    except ValueError:  # no signature to check (a C type): building it will tell
+        pass
 
 
 @contextmanager

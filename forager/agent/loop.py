@@ -28,6 +28,7 @@ from forager.core import (
     Policy,
     PolicyError,
     PolicyOutput,
+    PolicyUnavailable,
     Task,
     Termination,
     ToolCall,
@@ -85,9 +86,11 @@ def _describe(policy: Policy) -> dict[str, Any]:
 class _Done(Exception):
     """Ends the episode: `termination` says why; `error`, if any, is the trajectory's error."""
 
-    def __init__(self, termination: Termination, error: str | None = None) -> None:
+    def __init__(self, termination: Termination, error: str | None = None, *, infrastructure: bool = False) -> None:
         super().__init__(error or termination)
         self.termination, self.error = termination, error
+        self.infrastructure = infrastructure
+        """Docker, the engine or the policy's server failed, not the agent: a collection retries it."""
 
 
 class Episode:
@@ -125,6 +128,8 @@ class Episode:
             self.termination = done.termination
             if done.error is not None:
                 self.trajectory.error = done.error
+            if done.infrastructure:
+                self.trajectory.metadata["infrastructure_error"] = True
         except Exception:  # noqa: BLE001 - a bug: the trajectory is still saved, with the traceback
             self.termination, self.trajectory.error = "crashed", traceback.format_exc(limit=8)
             log.exception("episode %s crashed", self.trajectory.trajectory_id)
@@ -138,9 +143,9 @@ class Episode:
         try:
             observation, info = self.env.reset(options=self.reset_options())
         except ForagerError as err:
-            raise _Done("env_error", f"reset failed: {err}") from err
+            raise _Done("env_error", f"reset failed: {err}", infrastructure=True) from err
         except Exception as err:  # Docker API errors and the like: the environment, not the agent
-            raise _Done("env_error", f"reset failed: {type(err).__name__}: {err}") from err
+            raise _Done("env_error", f"reset failed: {type(err).__name__}: {err}", infrastructure=True) from err
         finally:
             self.timings["reset"] = time.monotonic() - started
         self.add("system", info["system_prompt"])
@@ -179,6 +184,8 @@ class Episode:
                                    max_tokens=min(self.config.max_tokens_per_turn, room), tools=self.tools)
         except ContextLengthExceeded as err:
             raise _Done("out_of_context", str(err)) from err
+        except PolicyUnavailable as err:
+            raise _Done("policy_error", str(err), infrastructure=True) from err
         except PolicyError as err:
             raise _Done("policy_error", str(err)) from err
         finally:
@@ -190,7 +197,8 @@ class Episode:
         try:
             observation, reward, terminated, truncated, info = self.env.step(env_action)
         except Exception as err:  # noqa: BLE001 - grading or the runtime broke under the env
-            raise _Done("env_error", f"step {self.trajectory.num_turns} failed: {type(err).__name__}: {err}") from err
+            raise _Done("env_error", f"step {self.trajectory.num_turns} failed: {type(err).__name__}: {err}",
+                        infrastructure=True) from err
         finally:
             self.timings["env"] += time.monotonic() - started
         self.timings["commands"] += info.get("command_s", 0.0)
@@ -201,8 +209,8 @@ class Episode:
             self.record_reward(info["reward_result"], reward)
         if self.on_turn is not None:
             self.on_turn(self.trajectory)
-        if info.get("env_error"):
-            raise _Done("env_error", info["env_error"])
+        if info.get("env_error"):  # the container was removed or the engine failed: nothing the agent can do
+            raise _Done("env_error", info["env_error"], infrastructure=True)
         if terminated:
             raise _Done("submitted")
         if truncated:
@@ -305,7 +313,7 @@ def _parse(out: PolicyOutput, tool_format: str) -> tuple[ToolCall | None, str | 
             arguments = function.get("arguments") or "{}"
             arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
             call = ToolCall(name=str(function.get("name")), arguments=arguments)
-        except (json.JSONDecodeError, ValueError) as err:
+        except (ValueError, RecursionError) as err:  # bad JSON, JSON nested past the recursion limit
             return None, f"the tool call's arguments are not valid JSON: {err}", json.dumps(out.tool_calls[0])
         return call, None, call
     try:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
 from forager.agent.loop import make_env, run_episode
 from forager.core import ForagerError, Task, Trajectory
 from forager.policies.spec import PolicySpec
+from forager.runtime.docker import reaper
+from forager.runtime.pool import WarmPool
 
 
 class RolloutWorker:
@@ -24,14 +27,27 @@ class RolloutWorker:
         self.policy = PolicySpec.model_validate(policy_spec).build()
         self.agent = AgentConfig.model_validate(agent)
         collect_config = CollectConfig.model_validate(config)
+        # The actor's own pool, closed by close(): `ray.kill` ends the process without atexit, so
+        # the process-wide shared pool would leave its idle containers behind.
+        self.pool = (WarmPool(collect_config.warm_pool)
+                     if collect_config.warm_pool and collect_config.runtime != "local" else None)
         self.env = make_env(self.agent, collect_config.runtime, collect_config.reward or None,
-                            collect_config.docker_limits or None, collect_config.warm_pool)
+                            collect_config.docker_limits or None, self.pool or 0)
 
     def run(self, task: dict, sample: int) -> str:
         return run_episode(self.env, self.policy, Task.model_validate(task), self.agent, sample=sample).to_json()
 
     def close(self) -> None:
-        self.env.close()
+        """Remove the episode's container and every idle one of the pool (before the actor is killed)."""
+        try:
+            self.env.close()
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+            reaper.drain()  # removals run in the background: finish them before ray.kill ends this process
+            close = getattr(self.policy, "close", None)
+            if callable(close):
+                close()
 
 
 def run_on_ray(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
@@ -48,6 +64,7 @@ def run_on_ray(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: 
         address = None if config.ray_address == "local" else config.ray_address
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+    workers: list = []
     try:
         actor = ray.remote(num_cpus=0.1)(RolloutWorker)
         workers = [actor.remote(policy_spec.model_dump(), agent.model_dump(), config.model_dump())
@@ -64,9 +81,17 @@ def run_on_ray(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: 
             if queue and not stop.is_set():  # on stop: no new episodes, the running ones finish
                 task, sample = queue.pop()
                 running[worker.run.remote(task.model_dump(), sample)] = worker
-        ray.get([w.close.remote() for w in workers])
-        for worker in workers:
-            ray.kill(worker)
     finally:
+        _close_workers(ray, workers)
         if started_here:
             ray.shutdown()
+
+
+def _close_workers(ray: Any, workers: list) -> None:
+    """Close every actor (its containers and warm pool) and only then kill it, also after an error."""
+    try:
+        ray.get([w.close.remote() for w in workers], timeout=120)
+    except Exception:  # noqa: BLE001 - a dead actor has nothing left to close; `forager gc` finds the rest
+        pass
+    for worker in workers:
+        ray.kill(worker)

@@ -68,17 +68,25 @@ def run_collection(tasks: list[Task], out: Path, policy_spec: PolicySpec, agent:
         console.print(f"[yellow]aborted; finished trajectories are in {out} and the same command resumes[/]")
         raise typer.Exit(130) from None
     _collection_summary(stats, out)
+    if stats.infra_failures and not stats.done:
+        console.print(f"[red]nothing succeeded: all {stats.infra_failures} episode(s) failed on the infrastructure "
+                      "(Docker or the policy's server); fix it and run the same command again[/]")
+        raise typer.Exit(1)
     return stats
 
 
 def _collection_summary(stats: CollectStats, out: Path) -> None:
     from rich.table import Table
 
+    from forager.trajectories.store import INFRA_FAILURES
+
     table = Table(title="collection", show_header=False)
     for key, value in [
         ("episodes run", f"{stats.done} (+{stats.already_done} from before) of {stats.total}"),
         ("resolved", f"{stats.resolved} ({stats.resolved_share:.0%})"),
         ("terminations", ", ".join(f"{k} {v}" for k, v in stats.terminations.most_common()) or "-"),
+        ("infrastructure failures", f"{stats.infra_failures} (saved in {out / INFRA_FAILURES}; "
+                                    "the same command retries them)" if stats.infra_failures else "0"),
         ("mean turns", f"{stats.mean_turns:.1f}"),
         ("tokens sampled", f"{stats.completion_tokens} ({stats.tokens_per_s:.0f}/s)"),
         ("wall time", f"{stats.elapsed:.1f} s"),
@@ -118,8 +126,13 @@ def collect(
     allow_mixed: bool = typer.Option(False, help="Allow a different policy/config in an existing --out."),
 ) -> None:
     """Run the ForagerAgent on tasks and save one trajectory per (task, sample), resumably."""
+    from forager.agent.collect import validate_policy
     from forager.agent.config import CollectConfig, load_agent_config
 
+    # Everything that can be wrong in the command is checked before anything is built or written.
+    spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
+    validate_policy(spec)
+    agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
     if tasks is None:
         task_list, kind = _sample_tasks(runtime.value)
         source = "sample (embedded)"
@@ -128,8 +141,6 @@ def collect(
     task_list = task_list[:limit] if limit else task_list
     if not task_list:
         fail(f"no tasks in {source}")
-    spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
-    agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
     run_config = CollectConfig(samples_per_task=samples_per_task, workers=workers, runtime=kind,
                                ray_address=ray_address, reward={"unresolved": reward_unresolved},
                                warm_pool=min(workers, 4) if warm_pool is None else warm_pool)

@@ -46,6 +46,7 @@ def tasks_mutate(
 
     from forager.core import DEFAULT_TEST_COMMAND
     from forager.runtime.docker import DockerRuntime, image_exists
+    from forager.runtime.limits import missing_image_hint
     from forager.tasks.mutate import OPERATORS
     from forager.tasks.mutate_fix import MutateConfig, generate_mutate_fix_tasks
     from forager.tasks.store import write_tasks
@@ -56,7 +57,7 @@ def tasks_mutate(
                           drop_import_errors=drop_import_errors, test_timeout=test_timeout)
     client = docker_engine()
     if not image_exists(client, image):
-        fail(f"no image {image!r} in the Docker engine; build it first (`forager images sample` for the sample)")
+        fail(f"no image {image!r} in the Docker engine: {missing_image_hint(image)}")
     name = repo or image.split(":")[0].split("/")[-1]
     with make_progress() as progress:
         bar = progress.add_task("coverage run", total=max_tasks, detail="")

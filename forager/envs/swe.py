@@ -9,6 +9,7 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
+from pydantic import ValidationError
 
 from forager.core import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -19,7 +20,7 @@ from forager.core import (
     ToolCall,
 )
 from forager.envs.options import EpisodeOptions
-from forager.envs.tools import TOOLS, ActionError, execute, parse_action
+from forager.envs.tools import TOOLS, ActionError, cap_text, execute, parse_action
 from forager.rewards import RewardConfig, RewardResult, grade_patch
 from forager.runtime.base import ShellRuntime
 from forager.runtime.docker import DockerLimits
@@ -31,6 +32,8 @@ from forager.tasks.store import load_tasks
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 1 << 20
+OBSERVATION_SLACK = 4096
+"""Room beyond `max_output_bytes` for Forager's own notes (exit code, timeouts, the budget line)."""
 
 
 class UnicodeText(spaces.Text):
@@ -135,8 +138,7 @@ class SWEEnv(gym.Env[str, str]):
         started = time.monotonic()
         submitted = False
         try:
-            call = action if isinstance(action, ToolCall) else (
-                ToolCall.model_validate(action) if isinstance(action, dict) else parse_action(action))
+            call = _to_call(action)
             info["tool"] = call.name
             result = execute(self.runtime, call)
             output, submitted = result.output, result.submitted
@@ -144,7 +146,7 @@ class SWEEnv(gym.Env[str, str]):
             info["command_s"] = result.command_s
         except ActionError as err:
             output = f"Error: {err}"
-            info["action_error"] = str(err)
+            info["action_error"] = cap_text(str(err), OBSERVATION_SLACK)  # it may echo a megabyte of the action
         except ForagerError as err:  # the environment itself failed (say, its container was removed)
             output = f"Environment error: {err}"
             info["env_error"] = str(err)
@@ -165,6 +167,7 @@ class SWEEnv(gym.Env[str, str]):
         if not self.done and self.options.show_budget:
             output += f"\n[{self._budget(turns_left)} left]"
         info["turns_left"] = turns_left
+        output = self._fit_observation(output)
         self._last_obs = output
         return output, reward, submitted, truncated, info
 
@@ -192,6 +195,18 @@ class SWEEnv(gym.Env[str, str]):
             return self.last_result
         self.last_result = grade_patch(self.task, patch, self._open_runtime, self.reward_config)
         return self.last_result
+
+    def _fit_observation(self, output: str) -> str:
+        """The observation within the observation space and the output budget, and encodable as UTF-8.
+
+        Tool outputs are bounded already; this also bounds what echoes the action (an error naming a
+        megabyte-long path) and a `max_output_bytes` set above the space's size.
+        """
+        limit = min(MAX_TEXT, self.options.max_output_bytes + OBSERVATION_SLACK)
+        output = cap_text(output, limit)
+        if not output.isascii():  # a lone surrogate cannot be encoded (nor tokenized): replace it
+            output = output.encode("utf-8", errors="replace").decode("utf-8")
+        return output
 
     def _budget(self, turns_left: int) -> str:
         budget = f"{turns_left} turn{'s' if turns_left != 1 else ''}"
@@ -221,6 +236,19 @@ class SWEEnv(gym.Env[str, str]):
         runtime, self.runtime = self.runtime, None
         if runtime is not None:
             runtime.close()
+
+
+def _to_call(action: Any) -> ToolCall:
+    """The action as one ToolCall; anything malformed is an ActionError (the agent's, not the env's)."""
+    if isinstance(action, ToolCall):
+        return action
+    if isinstance(action, dict):
+        try:
+            return ToolCall.model_validate(action)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(str(p)[:40] for p in e['loc'])}: {e['msg']}" for e in err.errors()[:5])
+            raise ActionError(f'a tool call is {{"name": ..., "arguments": {{...}}}} ({problems})') from err
+    return parse_action(action)
 
 
 def _collect_tasks(task: Any, tasks: list[Any] | None, tasks_path: str | None) -> list[Task]:

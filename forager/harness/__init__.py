@@ -3,10 +3,13 @@
 The runner (`runner.py`) is copied into the runtime and run by the image's own Python. Three ways
 to run it, one result type:
 
-- `run(tests)`: one pytest process. `hardened=True` is the grader's mode: `python -I` (a `pytest.py`
-  or `sitecustomize.py` in the repository cannot shadow the real ones), the request and report paths
-  travel on stdin in a fresh random directory, and a run counts as complete only when the runner
-  printed its end marker with the request's nonce (an `os._exit(0)` in the code under test skips it).
+- `run(tests)`: a parent runner that never imports the code under test and one pytest CHILD under
+  the guard (`guard.py`). `hardened=True` is the grader's mode: `python -I` (a `pytest.py` or
+  `sitecustomize.py` in the repository cannot shadow the real ones), the request travels on stdin
+  in a fresh random directory, the child's outcomes travel to the parent as signed records (the
+  parent decides each status from pytest's report AND the guard's own observation of the call),
+  and a run counts as complete only when the parent printed its end marker with the request's
+  nonce, which it prints only when the child ended normally after its last record.
 - `serve()` + `run(tests)`: a fork server that imports pytest once; each run is a forked child.
   What mutation validation uses, where pytest's start-up would otherwise dominate.
 - `coverage()`: the whole suite once, with one coverage.py context per test.

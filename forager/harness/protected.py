@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,6 +24,66 @@ PROTECTED_PATHS: tuple[str, ...] = (
     "pytest.py", "pytest/*", "_pytest/*", "py.py", "pluggy/*",
 )
 """Patterns of paths the agent may not change: a pattern without `/` matches any file of that name."""
+
+
+TEST_TOOL_MODULES: frozenset[str] = frozenset({
+    "pytest", "_pytest", "py", "pluggy", "iniconfig", "packaging", "exceptiongroup", "tomli", "pygments",
+    "colorama", "coverage", "xdist", "execnet", "hypothesis", "_hypothesis_pytestplugin", "typing_extensions",
+    "sitecustomize", "usercustomize", "attr", "attrs", "sortedcontainers",
+})
+"""What pytest and its plugins import: a module of that name first on sys.path would be theirs."""
+
+SHADOWED_MODULES: frozenset[str] = frozenset(sys.stdlib_module_names) | TEST_TOOL_MODULES | frozenset({
+    # the standard library of other Pythons than this one (removed in 3.12/3.13, or new there)
+    "distutils", "imp", "asynchat", "asyncore", "smtpd", "cgi", "cgitb", "crypt", "telnetlib", "nntplib", "pipes",
+    "sndhdr", "spwd", "sunau", "uu", "xdrlib", "aifc", "audioop", "chunk", "imghdr", "mailcap", "msilib", "nis",
+    "ossaudiodev", "lib2to3", "_colorize", "_pyrepl", "_interpreters", "_interpqueues", "_interpchannels",
+    "_suggestions", "_sysconfig", "_opcode_metadata", "_pylong", "_ios_support", "_apple_support",
+})
+"""Top-level names a new module in the repository may not take (this Python's standard library is a
+superset of most images' up to 3.11; the removed and newer names are added by hand)."""
+
+IMPORT_ROOTS: tuple[str, ...] = ("", "src/", "lib/")
+"""Directories of a repository that are on sys.path when its tests run (the root; src and lib layouts)."""
+
+_MODULE_SUFFIXES = (".py", ".pyc", ".pyw", ".pyd", ".so")
+
+
+def refusal(path: str) -> str | None:
+    """Why no patch may write `path`, whatever the task (None if it may): the rules that protect the
+    grader's own machinery rather than the task's tests."""
+    parts = path.split("/")
+    if (not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in path
+            or any(ord(c) < 32 or ord(c) == 127 for c in path)):
+        return "unsafe path (absolute, `..`, empty part, backslash or control character)"
+    for part in parts:
+        low = part.lower().rstrip(". ")
+        if low == ".git":
+            return "git metadata (.git)"
+        if low in (".gitattributes", ".gitmodules"):
+            return "git settings (.gitattributes, .gitmodules)"
+        if low.endswith((".dist-info", ".egg-info", ".egg-link")):
+            return "package metadata (.dist-info, .egg-info): entry points load plugins"
+    if parts[-1].lower().endswith(".pth"):
+        return "interpreter start-up hook (.pth)"
+    return None
+
+
+def shadowed_module(path: str) -> str | None:
+    """The standard-library or test-tool module that `path` would define first on sys.path, if any."""
+    for root in IMPORT_ROOTS:
+        if not path.startswith(root):
+            continue
+        parts = path[len(root):].split("/")
+        if len(parts) > 1:
+            name = parts[0]
+        elif parts[0].endswith(_MODULE_SUFFIXES):
+            name = parts[0].split(".", 1)[0]
+        else:
+            continue
+        if name in SHADOWED_MODULES or name.startswith(("pytest_", "_pytest")):
+            return name
+    return None
 
 _GIT_HEADER = re.compile(r'^diff --git (?:"?a/(.+?)"?) (?:"?b/(.+?)"?)$')
 

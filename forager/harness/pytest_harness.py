@@ -14,6 +14,8 @@ from forager.harness.results import TestRun, end_markers, marker_report, run_res
 from forager.runtime.base import ShellRuntime, bash_quote
 
 RUNNER = Path(__file__).with_name("runner.py")
+GUARD = Path(__file__).with_name("guard.py")
+"""Copied next to the runner as `forager_guard.py`: the child's audit hook and pytest plugin."""
 
 
 class PytestHarness:
@@ -55,9 +57,15 @@ class PytestHarness:
             return ""
 
     # -- running -----------------------------------------------------------------------------------
-    def run(self, tests: Sequence[str], timeout: float, *, hardened: bool = False, suite: bool = False) -> TestRun:
+    def run(
+        self, tests: Sequence[str], timeout: float, *, hardened: bool = False, suite: bool = False,
+        guard: dict | None = None,
+    ) -> TestRun:
         """Run `tests` (node ids) once and read their statuses; `suite=True` runs the whole suite instead
-        (no node ids on the command line) and reads the statuses of `tests` from its report."""
+        (no node ids on the command line) and reads the statuses of `tests` from its report.
+
+        The run is a child process under the guard (`guard.py`); `guard` tells it what the agent
+        changed: `agent_lines` ({path: [added line numbers]}), `agent_files` and `test_patterns`."""
         if self._fifo and not hardened and not suite:
             return self._run_served(tests, timeout)
         # A one-shot directory with a random name and a runner that deletes itself once it has read
@@ -66,10 +74,11 @@ class PytestHarness:
         script = f"{work}/runner.py"
         nonce = secrets.token_hex(16)
         args = [*self.command.args, *([] if suite else tests)]
-        request = {"args": args, "junit": f"{work}/{secrets.token_hex(8)}.xml", "nonce": nonce,
+        request = {"args": args, "nonce": nonce, "tests": list(tests), "guard": guard or {},
                    "cwd": self.runtime.workdir, "self_destruct": True}
         obs = self.runtime.session.run(
             f"mkdir -m 700 {work} && {self.runtime.write_command(script, RUNNER.read_text())} && "
+            f"{self.runtime.write_command(f'{work}/forager_guard.py', GUARD.read_text())} && "
             f"{self.runner_command('run', request, script=script, isolated=hardened)}\n"
             f"rc=$?; rm -rf {work}; (exit $rc)",
             timeout, max_output_bytes=1 << 28, internal=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 PASS_STATUSES = frozenset({"PASSED", "XFAIL"})
 """What swebench counts as a pass."""
 END_MARKER = re.compile(r"^FORAGER-END (\S*) (-?\d+) ([A-Za-z0-9+/=]*)$", re.MULTILINE)
-"""The runner's last line: the request's nonce, pytest's exit code, and the junit XML in base64."""
+"""The runner's last line: the request's nonce, pytest's exit code, and in base64 either the junit XML
+(coverage mode) or the guarded run's verdicts as JSON (`statuses`, `messages`, `tamper`)."""
 
 
 @dataclass
@@ -28,6 +30,8 @@ class TestRun:
     """False when pytest did not return normally (killed, timed out, `os._exit`, a crash)."""
     timed_out: bool = False
     duration_s: float = 0.0
+    tampered: list[str] = field(default_factory=list)
+    """What the guard caught the code under test doing to the test run (its statuses do not count)."""
 
     def status(self, test: str) -> str:
         return self.statuses.get(test, "MISSING")
@@ -97,7 +101,14 @@ def run_result(
     """The TestRun of `tests` from a run's report and log (not complete when the two disagree)."""
     statuses: dict[str, str] = {}
     messages: dict[str, str] = {}
-    if xml.strip():
+    tampered: list[str] = []
+    if xml.lstrip().startswith("{"):  # a guarded run's verdicts, keyed by node id
+        verdicts = json.loads(xml)
+        wanted = set(tests)
+        statuses = {t: s for t, s in verdicts["statuses"].items() if t in wanted}
+        messages = {t: m for t, m in verdicts["messages"].items() if t in statuses}
+        tampered = list(verdicts.get("tamper") or [])
+    elif xml.strip():
         try:
             statuses, messages = parse_junit(xml, tests)
         except ET.ParseError:
@@ -105,5 +116,6 @@ def run_result(
     if complete and exit_code == 0 and any(s in ("FAILED", "ERROR") for s in statuses.values()):
         complete = False  # pytest says all passed but the report says otherwise: not to be trusted
     return TestRun(
-        {t: statuses.get(t, "MISSING") for t in tests}, messages, log, exit_code, complete, timed_out, duration
+        {t: statuses.get(t, "MISSING") for t in tests}, messages, log, exit_code, complete, timed_out, duration,
+        tampered,
     )

@@ -1,10 +1,15 @@
 """Forager's pytest runner, copied into the task's container and run by its own Python.
 
 Standard library and pytest only (coverage for `coverage` mode); it must run on any Python >= 3.8
-that an image holds, so it uses no Forager code. Modes:
+that an image holds, so it uses no Forager code (`forager_guard.py` beside it is Forager's
+`harness/guard.py`). Modes:
 
-    run       read a JSON request from stdin, run pytest once, and when pytest returned normally,
-              print an end marker with the request's nonce, the exit code and the junit XML;
+    run       read a JSON request from stdin and run pytest once in a CHILD process (`child` mode,
+              a fresh `python -I` under the guard); this parent never imports the code under test,
+              holds the nonce where the child cannot read it (not dumpable, not in the child's
+              memory, argv or environment), reads each test's outcome from signed records on a pipe,
+              and prints an end marker with the nonce, the exit code and the statuses (JSON) only
+              when the child ended normally after its last record;
     coverage  the same, recording which lines each test executes (coverage.py dynamic contexts);
     serve     a fork server: import pytest once, then run each request in a forked child.
 
@@ -13,10 +18,13 @@ grader's report path and nonce must stay out of its reach.
 """
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 
@@ -205,14 +213,173 @@ def _serve_one(request, cwd):
     return {"rc": rc, "timed_out": timed_out, "duration": time.monotonic() - started}
 
 
+def _undumpable():
+    """Keep the child (same user) out of this process: no /proc/<pid>/mem, fd or environ access, no ptrace."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except Exception:  # noqa: BLE001 - best effort: not Linux, no libc
+        pass
+
+
+def _read_sources(tests):
+    """The clean text of the test files, read before any code of the repository runs."""
+    sources = {}
+    for path in sorted({t.split("::")[0] for t in tests if "::" in t}):
+        try:
+            with open(path, "rb") as fh:
+                sources[path] = fh.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            pass
+    return sources
+
+
+def _collect(fd, proc):
+    """Everything the child wrote on the record pipe, until it exited (a grandchild may hold the pipe)."""
+    data = b""
+    while True:
+        exited = proc.poll() is not None
+        ready, _, _ = select.select([fd], [], [], 0 if exited else 0.2)
+        if ready:
+            chunk = os.read(fd, 1 << 16)
+            if chunk:
+                data += chunk
+                continue
+            break
+        if exited:
+            break
+    proc.wait()
+    return data
+
+
+def _records(data, key):
+    """The records the guard signed, and whether anything else was written on the pipe."""
+    records, forged = [], False
+    for line in data.decode("utf-8", "replace").splitlines():
+        mac, _, body = line.partition(" ")
+        if hmac.compare_digest(mac, hmac.new(key, body.encode(), hashlib.sha256).hexdigest()):
+            records.append(json.loads(body))
+        else:
+            forged = True
+    return records, forged
+
+
+def _status(phases, seen):
+    """A test's status from pytest's reports and the guard's own observation of the call."""
+    setup, call, teardown = phases.get("setup"), phases.get("call"), phases.get("teardown")
+    if setup is None:
+        return None, ""
+    if setup["outcome"] == "failed":
+        return "ERROR", setup["message"]
+    if setup["outcome"] == "skipped":
+        return ("XFAIL" if setup["xfail"] else "SKIPPED"), ""
+    if call is None:
+        return None, ""
+    status, message = "FAILED", call["message"]
+    if call["outcome"] == "passed" and call["xfail"]:
+        status = "XPASS"
+    elif call["outcome"] == "passed":
+        # A pass counts only if the guard saw the test function return: a patched report cannot make one.
+        status, message = ("PASSED", "") if seen == "passed" else ("FAILED", "pytest reported a pass the guard did not see")
+    elif call["outcome"] == "skipped":
+        status = "XFAIL" if call["xfail"] else "SKIPPED"
+    if teardown is not None and teardown["outcome"] == "failed" and status not in ("FAILED", "ERROR"):
+        status, message = "ERROR", teardown["message"]
+    return status, message
+
+
+def _verdicts(records, forged):
+    phases, seen, tamper = {}, {}, ["a record on the result pipe was not the guard's"] if forged else []
+    for record in records:
+        if record["t"] == "report":
+            phases.setdefault(record["id"], {}).setdefault(record["when"], record)  # the first one counts
+        elif record["t"] == "call":
+            seen.setdefault(record["id"], record["seen"])
+        elif record["t"] == "tamper":
+            tamper.append(record["why"])
+    statuses, messages = {}, {}
+    for test, by_phase in phases.items():
+        status, message = _status(by_phase, seen.get(test))
+        if status is not None:
+            statuses[test] = status
+        if message:
+            messages[test] = message[-4000:]
+    return {"statuses": statuses, "messages": messages, "tamper": tamper}
+
+
+def _run_guarded(request):
+    cwd = request.get("cwd") or os.getcwd()
+    os.chdir(cwd)
+    _undumpable()
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = _read_sources(request.get("tests") or [])
+    key = os.urandom(32)
+    read_fd, write_fd = os.pipe()
+    child_request = dict(request.get("guard") or {}, args=_pytest_args(dict(request, junit=None)), cwd=cwd,
+                         fd=write_fd, key=key.hex(), sources=sources, private=here)
+    log = open(os.path.join(here, "child.log"), "w+b")
+    proc = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), "child"], stdin=subprocess.PIPE,
+                            stdout=log, stderr=subprocess.STDOUT, pass_fds=(write_fd,), close_fds=True)
+    os.close(write_fd)
+    proc.stdin.write(json.dumps(child_request).encode() + b"\n")
+    proc.stdin.close()
+    records, forged = _records(_collect(read_fd, proc), key)
+    if request.get("self_destruct"):
+        for name in ("runner.py", "forager_guard.py"):
+            try:
+                os.unlink(os.path.join(here, name))
+            except OSError:
+                pass
+    log.seek(0)
+    os.write(1, log.read())
+    done = [r["rc"] for r in records if r["t"] == "done"]
+    if not done or proc.returncode != done[0]:
+        os._exit(proc.returncode if proc.returncode > 0 else 70)  # killed, crashed or exited early: no marker
+    verdicts = _verdicts(records, forged)
+    changed = [p for p, text in sources.items() if _read_sources([p + "::"]).get(p) != text]
+    verdicts["tamper"] += ["the test file %s changed during the run" % p for p in changed]
+    payload = base64.b64encode(json.dumps(verdicts).encode()).decode()
+    os.write(1, ("\nFORAGER-END %s %d %s\n" % (request.get("nonce", ""), done[0], payload)).encode())
+    os._exit(done[0])
+
+
+def _child(request):
+    """One pytest session under the guard, which is in place before any code of the repository runs."""
+    cwd = request["cwd"]
+    os.chdir(cwd)
+    fd, key = request.pop("fd"), bytes.fromhex(request.pop("key"))
+    os.set_inheritable(fd, False)  # processes the tests start do not get the record pipe
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import forager_guard
+
+    sys.path.remove(here)
+    del sys.modules["forager_guard"]
+    _prepare_sys_path(cwd)
+    import pytest
+
+    forager_guard.mark_hooks()
+    guard = forager_guard.Guard(request, fd, key)
+    del key, request["sources"]
+    sys.addaudithook(guard.audit)
+    rc = int(pytest.main(request["args"], plugins=[guard]))
+    guard.emit({"t": "done", "rc": rc})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 def main():
     mode = sys.argv[1]
     request = json.loads(sys.stdin.readline())
-    if request.get("self_destruct"):
-        os.unlink(os.path.abspath(__file__))
     if mode == "serve":
         _serve(request)
         return 0
+    if mode == "child":
+        return _child(request)
+    if mode == "run":
+        return _run_guarded(request)
     return _run(request, coverage=(mode == "coverage"))
 
 

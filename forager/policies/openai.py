@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from forager.core import ContextLengthExceeded, Message, PolicyError, PolicyOutput, Task
+from forager.core import ContextLengthExceeded, Message, PolicyError, PolicyOutput, PolicyUnavailable, Task
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,14 @@ class OpenAIPolicy:
                     response = self._client.get(f"{self.base_url}/models")
                     response.raise_for_status()
                     self.model = response.json()["data"][0]["id"]
+                except httpx.HTTPError as err:
+                    status = getattr(getattr(err, "response", None), "status_code", 0) if isinstance(
+                        err, httpx.HTTPStatusError) else 0
+                    if not isinstance(err, httpx.TransportError) and status < 500:
+                        raise PolicyError(f"no model named and {self.base_url}/models did not list one ({err}): "
+                                          "pass model= or set FORAGER_MODEL") from err
+                    raise PolicyUnavailable(f"no model named and {self.base_url}/models did not answer ({err}): "
+                                            "check that the server is up, or pass model= / set FORAGER_MODEL") from err
                 except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:
                     raise PolicyError(f"no model named and {self.base_url}/models did not list one ({err}): "
                                       "pass model= or set FORAGER_MODEL") from err
@@ -216,7 +224,7 @@ class OpenAIPolicy:
                     raise PolicyError(f"{self.url} rejected the request (HTTP {response.status_code}): {message}; "
                                       + hint.format(models=f"{self.base_url}/models"))
             if attempt >= self.max_retries:
-                raise PolicyError(f"{self.url} failed {attempt + 1} times (timeout {self.timeout:g}s per request); "
+                raise PolicyUnavailable(f"{self.url} failed {attempt + 1} times (timeout {self.timeout:g}s per request); "
                                   f"last: {failures[-1]}. Check that the server is up and serving {body['model']!r}, "
                                   "or raise timeout= / max_retries=")
             delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)

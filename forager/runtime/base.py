@@ -10,10 +10,13 @@ import socket
 import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, Observation
+from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, Observation, RuntimeUnavailable
 from forager.runtime.session import BashSession, Transport, ansi_c_quote
+from forager.runtime.trusted_git import BASE_REF
 
 # Containers and directories carry these, so `forager gc` can find what a dead process left behind.
 LABEL = "forager"
@@ -61,27 +64,64 @@ def owner_alive(labels: dict[str, str]) -> bool:
 
 
 class _LiveRuntimes:
-    """Closes every open runtime at interpreter exit and on SIGTERM/SIGHUP (SIGINT unwinds normally)."""
+    """Closes every open runtime at interpreter exit and on SIGTERM/SIGHUP (SIGINT unwinds normally).
+
+    On a signal nothing new may start: resources being created on other threads are waited for
+    (the engine would finish creating a container after the process is gone), then every runtime
+    is closed and each `sweeper` (say, Docker's: remove whatever this process still owns) runs to
+    the end before the signal's default action ends the process.
+    """
 
     def __init__(self) -> None:
         self._open: dict[int, ShellRuntime] = {}
         self._lock = threading.Lock()
-        self._hooked = False
+        self._changed = threading.Condition(self._lock)
+        self._creating: dict[int, int] = {}  # thread id -> creations in flight
+        self._deferred: int | None = None  # a signal that came while the main thread was creating
+        self.stopping = False
+        self.sweepers: list[Callable[[], None]] = []
+        self._hooked_exit = False
+        self._hooked_signals = False
+
+    def hook(self) -> None:
+        """Register the exit and signal handlers (signals only from the main thread; retried on each add)."""
+        if not self._hooked_exit:
+            self._hooked_exit = True
+            atexit.register(self.shutdown)
+        if not self._hooked_signals and threading.current_thread() is threading.main_thread():
+            self._hooked_signals = True
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                    signal.signal(sig, self._on_signal)
 
     def add(self, runtime: ShellRuntime) -> None:
         with self._lock:
             self._open[id(runtime)] = runtime
-            if not self._hooked:
-                self._hooked = True
-                atexit.register(self.close_all)
-                if threading.current_thread() is threading.main_thread():
-                    for sig in (signal.SIGTERM, signal.SIGHUP):
-                        if signal.getsignal(sig) in (signal.SIG_DFL, None):
-                            signal.signal(sig, self._on_signal)
+        self.hook()
 
     def discard(self, runtime: ShellRuntime) -> None:
         with self._lock:
             self._open.pop(id(runtime), None)
+
+    @contextmanager
+    def creating(self) -> Iterator[None]:
+        """Around the creation of an external resource: refused once the process is going down."""
+        me = threading.get_ident()
+        with self._lock:
+            if self.stopping:
+                raise RuntimeUnavailable("the process is shutting down: no new runtime starts")
+            self._creating[me] = self._creating.get(me, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._creating[me] -= 1
+                if not self._creating[me]:
+                    del self._creating[me]
+                self._changed.notify_all()
+                deferred = self._deferred if me not in self._creating else None
+            if deferred is not None and threading.current_thread() is threading.main_thread():
+                self._on_signal(deferred, None)  # now that what this thread created is known
 
     def close_all(self) -> None:
         with self._lock:
@@ -92,13 +132,34 @@ class _LiveRuntimes:
             except Exception:  # noqa: BLE001 - best effort while the process goes down
                 pass
 
-    def _on_signal(self, signum: int, _frame: Any) -> None:
+    def shutdown(self, wait_s: float = 30.0) -> None:
+        """Stop new creations, wait for those in flight elsewhere, close everything, run the sweepers."""
+        me = threading.get_ident()
+        with self._lock:
+            self.stopping = True
+            self._changed.wait_for(lambda: not (set(self._creating) - {me}), timeout=wait_s)
         self.close_all()
+        for sweep in list(self.sweepers):
+            try:
+                sweep()
+            except Exception:  # noqa: BLE001 - `forager gc` is the last resort
+                pass
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        with self._lock:
+            if threading.get_ident() in self._creating:
+                # The main thread was interrupted inside a creation: finish it first, so the
+                # resource is known and removed (see `creating`).
+                self._deferred = signum
+                self.stopping = True
+                return
+        self.shutdown()
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
 
 live_runtimes = _LiveRuntimes()
+live_runtimes.hook()  # at import, which is most often on the main thread: runtimes opened on workers are covered too
 
 
 class ShellRuntime(ABC):
@@ -185,17 +246,23 @@ class ShellRuntime(ABC):
         self.run_checked(f"base64 -d {bash_quote(path)}.b64 > {bash_quote(path)} && rm -f {bash_quote(path)}.b64")
 
     def diff(self, base: str = "HEAD") -> str:
-        """Changes of the working tree (new files included) against `base`, without touching the index.
+        """Changes of the working tree (new files included) against `base`, as Forager's own git sees them.
 
-        The index is copied with its mtime (`cp -p`): git trusts an entry's stat only when the entry
-        is older than the index file, so a fresh mtime would hide a same-size edit made in the
-        second the index was written (racy git).
+        Never through the agent's shell: a `git` function, alias or variable there would decide
+        what is graded. `_trusted_diff` runs `runtime.trusted_git`'s script in a process of its own,
+        with a fresh index built from `base`, so the agent's index and `.git/config` do not count.
         """
-        return self.run_checked(
-            "idx=$(mktemp) && { cp -p .git/index \"$idx\" 2>/dev/null || true; } && "
-            "export GIT_INDEX_FILE=\"$idx\" && unset GIT_DIR GIT_WORK_TREE && git add -A && "
-            f"git -c core.quotepath=false diff --cached --binary {bash_quote(base)}; rc=$?; rm -f \"$idx\"; exit $rc"
-        )
+        if not BASE_REF.match(base):
+            raise ValueError(f"not a revision: {base!r}")
+        self._check_open()
+        code, out, err = self._trusted_diff(base)
+        if code != 0:
+            raise RuntimeError(f"the diff could not be computed (exit {code}): {err.decode(errors='replace')[-500:]}")
+        return out.decode("utf-8", errors="replace")
+
+    def _trusted_diff(self, base: str) -> tuple[int, bytes, bytes]:
+        """(exit code, stdout, stderr) of `trusted_git.DIFF_SCRIPT` run outside the session."""
+        raise NotImplementedError(f"{type(self).__name__} cannot compute a trusted diff")
 
     def abspath(self, path: str) -> str:
         return path if path.startswith("/") else f"{self.workdir.rstrip('/')}/{path}"

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import docker
 import docker.errors
 
 from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, ForagerError, RuntimeUnavailable, Task
-from forager.runtime.base import ShellRuntime, owner_labels
+from forager.core import Observation
+from forager.runtime.base import LABEL, RUN_ID, ShellRuntime, live_runtimes, owner_labels
+from forager.runtime.limits import (
+    DockerLimits, disk_full_note, home_of, image_user, missing_image_hint, quota_refused, quota_supported,
+    user_uid,
+)
 from forager.runtime.session import KILL_JOBS_SCRIPT
 
 if TYPE_CHECKING:
@@ -25,31 +30,6 @@ log = logging.getLogger(__name__)
 
 class ContainerGone(ForagerError):
     """The episode's container was stopped or removed from outside Forager."""
-
-
-@dataclass
-class DockerLimits:
-    """Isolation for one episode's container. The defaults follow CWM: no network, capped CPU and memory."""
-
-    network: bool = False
-    """Give the container a network (off by default, so nothing can be fetched or leaked)."""
-    memory: str = "4g"
-    """Memory cap (swap included), in Docker's notation."""
-    cpus: float = 2.0
-    pids: int = 512
-    """Most processes at once: a fork bomb stops here."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """More `docker run` options, in docker-py's `containers.run` spelling."""
-
-    def run_options(self) -> dict[str, Any]:
-        return {
-            "network_mode": None if self.network else "none",
-            "mem_limit": self.memory,
-            "memswap_limit": self.memory,
-            "nano_cpus": int(self.cpus * 1e9),
-            "pids_limit": self.pids,
-            **self.extra,
-        }
 
 
 def docker_client() -> docker.DockerClient:
@@ -96,7 +76,7 @@ class ExecTransport:
         try:
             self._exec_id = self._api.exec_create(
                 cid, ["bash", "--noprofile", "--norc"], stdin=True, tty=False,
-                user=runtime.user or "", workdir=runtime.workdir,
+                user=runtime.shell_user, workdir=runtime.workdir,
             )["Id"]
             sock = self._api.exec_start(self._exec_id, socket=True)
         except docker.errors.NotFound as err:
@@ -161,7 +141,7 @@ class ExecTransport:
 
     def kill_jobs(self, shell_pid: int, since_ticks: int) -> bool:
         script = "for _ in 1 2 3; do (" + KILL_JOBS_SCRIPT.replace("exit 0", "") + "); done; exit 0"
-        return self._runtime.exec_as_root(["sh", "-c", script, "sh", str(shell_pid), str(since_ticks)])
+        return self._runtime.exec_helper(["sh", "-c", script, "sh", str(shell_pid), str(since_ticks)])
 
     def close(self, hard: bool = False) -> int | None:
         if self._closed:
@@ -177,7 +157,7 @@ class ExecTransport:
         if not self._eof and runtime.container is not None and not runtime.closed and runtime.session.shell_pid:
             # A shell that ignored a timeout may have left a fork bomb behind: restarting the container
             # stops every process in it and keeps its files.
-            if hard or not runtime.exec_as_root(["kill", "-9", str(runtime.session.shell_pid)]):
+            if hard or not runtime.exec_helper(["kill", "-9", str(runtime.session.shell_pid)]):
                 runtime.restart_container()
         try:
             self._sock.close()
@@ -203,6 +183,9 @@ class _Reaper:
         self._lock = threading.Lock()
 
     def remove(self, container: Any, wait: bool = False) -> None:
+        if live_runtimes.stopping:  # the process is going down: a background removal would never run
+            _force_remove(container)
+            return
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="forager-reaper")
@@ -224,7 +207,7 @@ class _Reaper:
 
 def _force_remove(container: Any) -> None:
     try:
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # v: the workdir volume of a read-only container
     except docker.errors.NotFound:
         pass
     except docker.errors.DockerException as err:  # `forager gc` will find it by its labels
@@ -232,6 +215,29 @@ def _force_remove(container: Any) -> None:
 
 
 reaper = _Reaper()
+
+
+def _sweep_own_containers() -> None:
+    """Remove every container this process still owns (run on SIGTERM/SIGHUP and at exit).
+
+    Closing the runtimes removes theirs; this also finds those no runtime holds yet (created on
+    another thread a moment before the signal).
+    """
+    reaper.drain()
+    if not _created_any:
+        return
+    client = docker.from_env(timeout=30)
+    try:
+        labels = [f"{LABEL}.run={RUN_ID}", f"{LABEL}.owner.pid={os.getpid()}"]
+        left = client.containers.list(all=True, filters={"label": labels})
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(_force_remove, left))
+    finally:
+        client.close()
+
+
+_created_any = False
+live_runtimes.sweepers.append(_sweep_own_containers)
 
 
 class DockerRuntime(ShellRuntime):
@@ -251,6 +257,8 @@ class DockerRuntime(ShellRuntime):
         self.image = image
         self.limits = limits or DockerLimits()
         self.user = user
+        self.shell_user = user or ""
+        self.disk_quota: str | None = None
         self.client = client or docker_client()
         self.container: Any = None
         self._start_container(workdir)
@@ -278,28 +286,64 @@ class DockerRuntime(ShellRuntime):
         return self.container.id
 
     def _start_container(self, workdir: str) -> None:
+        """Start the container as `INIT_USER` (out of the agent's reach), with the limits' confinement."""
+        with live_runtimes.creating():  # refused once the process is going down; waited for by the signal handler
+            try:
+                self.shell_user = self.user or image_user(self.client, self.image)
+                uid = user_uid(self.client, self.image, self.shell_user) if self.limits.read_only else None
+                options = self.limits.run_options(quota=quota_supported(self.client), workdir=workdir,
+                                                  home=home_of(self.shell_user), uid=uid)
+                self.container = self._run_container(workdir, options)
+                self.disk_quota = (options.get("storage_opt") or {}).get("size")
+            except docker.errors.ImageNotFound as err:
+                raise RuntimeUnavailable(
+                    f"image {self.image!r} is not on this Docker engine: {missing_image_hint(self.image)}."
+                ) from err
+
+    def _run_container(self, workdir: str, options: dict[str, Any]) -> Any:
+        global _created_any
+        _created_any = True
+        labels = {**owner_labels(), "forager.image": self.image, "forager.workdir": workdir}
         try:
-            self.container = self.client.containers.run(
-                self.image, ["sleep", "infinity"], detach=True, init=True,
-                labels={**owner_labels(), "forager.image": self.image, "forager.workdir": workdir},
-                **self.limits.run_options(),
-            )
-        except docker.errors.ImageNotFound as err:
-            raise RuntimeUnavailable(
-                f"image {self.image!r} is not on this Docker engine. Build it (`forager images sample` "
-                f"for the sample repository) or pull it (`docker pull {self.image}`)."
-            ) from err
+            return self.client.containers.run(self.image, ["sleep", "infinity"], detach=True, init=True,
+                                              labels=labels, **options)
+        except docker.errors.APIError as err:
+            if "storage_opt" not in options or not quota_refused(self.client, err):
+                raise
+            options.pop("storage_opt")
+        return self.client.containers.run(self.image, ["sleep", "infinity"], detach=True, init=True,
+                                          labels=labels, **options)
+
+    def run(self, command: str, timeout: float | None = None) -> Observation:
+        obs = super().run(command, timeout)
+        note = disk_full_note(self.limits, obs.output, self.disk_quota)
+        if note:
+            obs.notes.append(note)
+        return obs
 
     def _open_transport(self) -> ExecTransport:
         return ExecTransport(self)
 
-    def exec_as_root(self, cmd: list[str]) -> bool:
-        """Run a short helper command as root next to the session; False if it could not run."""
+    def exec_helper(self, cmd: list[str]) -> bool:
+        """Run a short helper command next to the session, as the shell's user; False if it could not run.
+
+        Not as root: the container has no capabilities, so root could not signal the shell's processes.
+        """
         try:
-            result = self.container.exec_run(cmd, user="0")
+            result = self.container.exec_run(cmd, user=self.shell_user)
             return result.exit_code == 0
         except docker.errors.DockerException:
             return False
+
+    def _trusted_diff(self, base: str) -> tuple[int, bytes, bytes]:
+        """The diff by a `docker exec` of its own as root, with a clean environment (see `trusted_git`):
+        the agent's user can neither replace root's git nor reach root's scratch directory."""
+        from forager.runtime.trusted_git import container_diff_command
+
+        result = self.container.exec_run(container_diff_command(self.workdir, base), user="0", workdir="/",
+                                         demux=True)
+        out, err = result.output
+        return result.exit_code, out or b"", err or b""
 
     def _recover_shell(self) -> None:
         self.restart_container()

@@ -35,7 +35,7 @@ def collect_garbage(everything: bool = False) -> GcReport:
         for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
             if everything or not owner_alive(container.labels):
                 try:
-                    container.remove(force=True)
+                    container.remove(force=True, v=True)  # v: a read-only container's workdir volume
                     report.containers.append(container.name)
                 except docker.errors.NotFound:
                     pass

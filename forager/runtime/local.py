@@ -20,6 +20,7 @@ from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, Runt
 from forager.git import git_command
 from forager.runtime.base import ShellRuntime, owner_labels
 from forager.runtime.session import KILL_JOBS_SCRIPT
+from forager.runtime.trusted_git import DIFF_TIMEOUT_S, TRUSTED_ENV, host_diff_command
 
 SCRATCH_PREFIX = "forager-local-"
 OWNER_FILE = "forager-owner.json"
@@ -111,6 +112,15 @@ class LocalRuntime(ShellRuntime):
 
     def _open_transport(self) -> PipeTransport:
         return PipeTransport(self.workdir)
+
+    def _trusted_diff(self, base: str) -> tuple[int, bytes, bytes]:
+        """The diff by a host subprocess with a clean environment, not through the agent's shell."""
+        try:
+            proc = subprocess.run(host_diff_command(self.workdir, base), env=TRUSTED_ENV, cwd="/",
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=DIFF_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return 124, b"", b"the diff timed out"
+        return proc.returncode, proc.stdout, proc.stderr
 
     def reset(self) -> None:
         """A fresh clone and a fresh shell."""

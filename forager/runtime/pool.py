@@ -19,6 +19,7 @@ import docker
 import docker.errors
 
 from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES
+from forager.runtime.base import live_runtimes
 from forager.runtime.docker import DockerLimits, DockerRuntime, docker_client
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ class WarmPool:
         try:
             runtime = self._make(key, limits)
         except Exception as err:  # noqa: BLE001 - a failed warm-up only means the next take makes its own
-            log.warning("warming a runtime of %s failed: %s", key.image, err)
+            if not live_runtimes.stopping:  # refused because the process is going down: nothing to say
+                log.warning("warming a runtime of %s failed: %s", key.image, err)
             with self._lock:
                 self._warming[key] -= 1
             return

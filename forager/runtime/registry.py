@@ -19,6 +19,7 @@ from forager.core import (
 from forager.loading import load_named
 from forager.runtime.base import ShellRuntime
 from forager.runtime.docker import DockerLimits, docker_available, docker_client, image_exists
+from forager.runtime.limits import missing_image_hint
 from forager.runtime.pool import WarmPool
 
 RuntimeKind = Literal["auto", "docker", "local"]
@@ -53,7 +54,7 @@ def open_runtime(
         if kind == "local" and not task.local_repo:
             raise RuntimeUnavailable(
                 f"task {task.instance_id}: no Docker engine with image {task.image!r} answers and it has no "
-                "local_repo. Start Docker and build or pull the image (`forager images sample` for the sample)."
+                f"local_repo. Start Docker, and {missing_image_hint(task.image or '')}."
             )
     return runtime_class(kind).for_task(  # type: ignore[attr-defined]
         task, limits=limits, command_timeout=command_timeout, max_output_bytes=max_output_bytes, pool=pool,

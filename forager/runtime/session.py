@@ -1,9 +1,12 @@
 """One persistent bash process per episode, driven over a byte stream.
 
-Every command is sent as a single line, `eval $'<command>' </dev/null; printf '<nonce>%d\\n' $?`,
+Every command is sent as a single line, `eval $'<command>' </dev/null; printf '<nonce>%d\\n' $? >&63`,
 so the working directory, variables and functions persist between commands, nothing waits on
 stdin, a syntax error in the command cannot swallow the end marker, and no process is started
-per command beyond what the command itself starts. The shell runs with `set -m` so each
+per command beyond what the command itself starts. The marker goes to fd 63, a copy of the
+session's output made at start: a command that redirects the shell's own output (`exec >/dev/null
+2>&1`) cannot send the marker nowhere. After each command the shell checks that its stdout and
+stderr are still the session's; if not, it puts them back and the observation says so. The shell runs with `set -m` so each
 foreground job gets its own process group, which a timeout kills without touching the shell.
 """
 
@@ -57,6 +60,18 @@ for d in /proc/[0-9]*; do
 done
 exit 0
 """
+
+MARKER_FD = 63
+"""Where the end marker goes: a copy of the session's output that `exec >...` in a command leaves alone."""
+
+# After the command: note its status, put back stdout/stderr if the command redirected the shell's
+# own (`R` before the status says so), and print the end marker to the saved copy.
+_END = (
+    "__forager_rc=$?; __forager_fd=; "
+    f"if [ -e /dev/fd/{MARKER_FD} ] && ! {{ [ /dev/fd/1 -ef /dev/fd/{MARKER_FD} ] && "
+    f"[ /dev/fd/2 -ef /dev/fd/{MARKER_FD} ]; }}; then exec 1>&{MARKER_FD} 2>&1; __forager_fd=R; fi; "
+    f"printf '{{nonce}}%s%d\\n' \"$__forager_fd\" \"$__forager_rc\" >&{MARKER_FD}"
+)
 
 _ANSI_C_ESCAPES = {ord("\\"): b"\\\\", ord("'"): b"\\'", ord("\n"): b"\\n", ord("\t"): b"\\t"}
 _NEEDS_ESCAPE = re.compile(rb"[^\x20-\x7e]|[\\']")
@@ -167,7 +182,7 @@ class BashSession:
         token = secrets.token_hex(8)
         exports = " ".join(f"{k}={_shell_word(v)}" for k, v in SESSION_ENV.items())
         init = (
-            f"exec 2>&1; set -m; set +o history; export {exports}; unset PROMPT_COMMAND; "
+            f"exec 2>&1 {MARKER_FD}>&1; set -m; set +o history; export {exports}; unset PROMPT_COMMAND; "
             f"{{ read -r up _ </proc/uptime; }} 2>/dev/null; cd {_shell_word(self.workdir)} && "
             f"printf 'READY{token} %d %s\\n' $$ \"${{up:-none}}\"; unset up\n"
         )
@@ -222,7 +237,7 @@ class BashSession:
         assert transport is not None and self.shell_pid is not None
 
         nonce = f"__FORAGER_{secrets.token_hex(8)}__"
-        line = b"eval " + ansi_c_quote(command.encode()) + f" </dev/null; printf '{nonce}%d\\n' \"$?\"\n".encode()
+        line = b"eval " + ansi_c_quote(command.encode()) + b" </dev/null; " + _END.replace("{nonce}", nonce).encode() + b"\n"
         buffer = OutputBuffer(max_output_bytes or self.max_output_bytes, nonce.encode())
         started = time.monotonic()
         transport.send(line)
@@ -293,17 +308,22 @@ class BashSession:
             if end >= 0:
                 if timed_out:
                     notes.append(f"command timed out after {timeout:g}s: its processes were killed")
-                return end, self._exit_status(transport, buffer, end, deadline), timed_out
+                status, redirected = self._exit_status(transport, buffer, end, deadline)
+                if redirected:
+                    notes.append("the command redirected the shell's own output (exec >...); "
+                                 "it was put back so that later commands are seen")
+                return end, status, timed_out
 
     @staticmethod
-    def _exit_status(transport: Transport, buffer: OutputBuffer, end: int, deadline: float) -> int | None:
-        """The status digits and newline the shell prints after the end marker (waiting for them if need be)."""
-        while (m := re.match(rb"(-?\d+)\n", bytes(buffer.tail[end + len(buffer.marker) :]))) is None:
+    def _exit_status(transport: Transport, buffer: OutputBuffer, end: int, deadline: float) -> tuple[int | None, bool]:
+        """The status the shell prints after the end marker (waiting for it if need be), and whether
+        the command had redirected the shell's output (`R` before the digits)."""
+        while (m := re.match(rb"(R?)(-?\d+)\n", bytes(buffer.tail[end + len(buffer.marker) :]))) is None:
             more = transport.recv(max(0.05, deadline - time.monotonic()))
             if not more:
                 break
             buffer.tail += more
-        return int(m[1]) if m else None
+        return (int(m[2]), bool(m[1])) if m else (None, False)
 
     def run_checked(self, command: str, timeout: float = 60.0, max_output_bytes: int = 1 << 30) -> str:
         """Run a Forager-internal command whose failure is an error, not an observation; no truncation."""

@@ -30,6 +30,7 @@ from forager.files import content_digest
 from forager.harness import PROTECTED_PATHS, CoverageMap, PytestHarness, TestRun, is_protected
 from forager.runtime.base import ShellRuntime, bash_quote
 from forager.tasks.mutate import OPERATORS, FunctionInfo, Mutation, enumerate_mutations, find_functions
+from forager.tasks.statements import MutationContext, ProblemStatement, default_problem_statement
 from forager.workers import run_workers
 
 NOT_SOURCES = PROTECTED_PATHS + ("setup.py", "docs/*", "doc/*", "examples/*", "benchmarks/*", "bench/*")
@@ -67,17 +68,6 @@ class OperatorStats:
 
 
 @dataclass
-class MutationContext:
-    """What a problem-statement writer may use: what the user sees, and (for an LLM) the bug itself."""
-
-    repo: str
-    failing: list[str]
-    messages: dict[str, str]
-    mutation: Mutation
-    path: str
-
-
-@dataclass
 class MutateReport:
     tasks: list[Task] = field(default_factory=list)
     stats: dict[str, OperatorStats] = field(default_factory=dict)
@@ -100,32 +90,6 @@ class MutateReport:
             "validation_s": round(self.validation_s, 2),
             "per_operator": {op: {**asdict(s), "yield": round(s.yield_, 3)} for op, s in sorted(self.stats.items())},
         }
-
-
-ProblemStatement = Callable[[MutationContext], str]
-
-
-def default_problem_statement(ctx: MutationContext) -> str:
-    """A bug report built from the failing tests and their errors; it never describes the change."""
-    shown = ctx.failing[:10]
-    lines = [f"{len(ctx.failing)} test{'s' if len(ctx.failing) != 1 else ''} of {ctx.repo} started failing:", ""]
-    lines += [f"- `{t}`" for t in shown]
-    if len(ctx.failing) > len(shown):
-        lines.append(f"- ... and {len(ctx.failing) - len(shown)} more")
-    first = next((t for t in ctx.failing if ctx.messages.get(t)), None)
-    if first:
-        lines += ["", f"Running `{first}` fails with:", "", "```", error_excerpt(ctx.messages[first]), "```"]
-    lines += ["", "These tests passed before. Find the bug in the library code and fix it; do not change the tests."]
-    return "\n".join(lines) + "\n"
-
-
-def error_excerpt(report: str, max_lines: int = 12) -> str:
-    """The `E` lines of a pytest failure (what went wrong, not the code around it) and its location."""
-    lines = report.splitlines()
-    errors = [line for line in lines if line.startswith("E ")]
-    where = [line for line in lines if re.match(r"^\S+\.py:\d+: \w+", line)]
-    picked = errors[:max_lines] + where[-1:] if errors else lines[:1] + lines[-max_lines:]
-    return "\n".join(dict.fromkeys(picked)).strip() or "(no error text)"
 
 
 # -- the pipeline -------------------------------------------------------------------------------------

@@ -18,6 +18,16 @@ from forager.core import ForagerError, Trajectory
 log = logging.getLogger(__name__)
 
 TRAJECTORIES = "trajectories.jsonl"
+INFRA_FAILURES = "infra_failures"
+"""The subdirectory of a collection for episodes that the infrastructure (Docker, the policy's
+server) failed: kept for diagnosis, never counted as done, so the next run retries them. Readers
+of a collection directory (export, dedup, view) take only `*.jsonl` directly inside it, so these
+never reach a dataset; point a reader at the subdirectory to see them."""
+
+
+def is_infrastructure_failure(trajectory: Trajectory) -> bool:
+    """An episode that ended because the infrastructure failed, not because of what the policy did."""
+    return bool(trajectory.metadata.get("infrastructure_error"))
 
 
 class TrajectoryFileError(ForagerError):
