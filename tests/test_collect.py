@@ -71,10 +71,10 @@ def test_collect_killed_with_sigkill_resumes_without_duplicates(tmp_path):
 
     # The killed run's containers are found and removed by `forager gc` (their owner is dead).
     client = docker_client()
-    orphans = client.containers.list(all=True, filters={"label": f"forager.owner.pid={first.pid}"})
+    orphans = client.containers.list(all=True, filters={"label": f"forager.owner.pid={first.pid}"}, ignore_removed=True)
     gc = subprocess.run([sys.executable, "-m", "forager", "gc"], capture_output=True, text=True)
     assert gc.returncode == 0
-    assert not client.containers.list(all=True, filters={"label": f"forager.owner.pid={first.pid}"})
+    assert not client.containers.list(all=True, filters={"label": f"forager.owner.pid={first.pid}"}, ignore_removed=True)
     assert orphans  # the killed run's episodes left their containers behind...
     removed = int(gc.stdout.split("removed ")[1].split(" container")[0])
     assert removed >= len(orphans)  # ...and gc removed them (and any other orphans on this engine)
@@ -148,13 +148,13 @@ def _is_ray_worker(pid: str) -> bool:
 def test_collect_on_a_local_ray_cluster(tmp_path):
     pytest.importorskip("ray", reason="Ray is part of the dev and train extras: pip install -e '.[dev]'")
     tasks = sample_tasks()[:2]
-    before = {c.id for c in docker_client().containers.list(all=True, filters={"label": "forager=1"})}
+    before = {c.id for c in docker_client().containers.list(all=True, filters={"label": "forager=1"}, ignore_removed=True)}
     actor_pids: set[str] = set()
 
     def watch() -> None:  # the actors' processes, known by the containers they start
         while not stop_watching.is_set():
             try:
-                found = docker_client().containers.list(all=True, filters={"label": "forager=1"})
+                found = docker_client().containers.list(all=True, filters={"label": "forager=1"}, ignore_removed=True)
             except Exception:  # noqa: BLE001 - one removed while listed: look again
                 continue
             for c in found:
@@ -181,7 +181,7 @@ def test_collect_on_a_local_ray_cluster(tmp_path):
     assert actor_pids
     # Every actor closed its warm pool before it was killed: no container of the actors is left.
     time.sleep(3)
-    mine = [c for c in docker_client().containers.list(all=True, filters={"label": "forager=1"})
+    mine = [c for c in docker_client().containers.list(all=True, filters={"label": "forager=1"}, ignore_removed=True)
             if c.labels.get("forager.owner.pid") in actor_pids]
     assert mine == []
 
@@ -248,9 +248,9 @@ def test_sigterm_stops_collect_and_leaves_no_container(tmp_path):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         owned = {"label": f"forager.owner.pid={proc.pid}"}
         deadline = time.monotonic() + 120
-        while len(client.containers.list(all=True, filters=owned)) < 3 and time.monotonic() < deadline:
+        while len(client.containers.list(all=True, filters=owned, sparse=True)) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)  # episodes running, warm-ups starting
         assert proc.wait(timeout=90) == -signal.SIGTERM
     time.sleep(3)  # a container the engine was still creating would show up by now
-    assert client.containers.list(all=True, filters=owned) == []
+    assert client.containers.list(all=True, filters=owned, sparse=True) == []

@@ -68,11 +68,16 @@ def test_read_only_root_keeps_repo_tmp_and_home_writable():
         assert "Read-only file system" in rt.run("touch /usr/x").output
         assert rt.run("touch /repo/x ~/x /tmp/x && git status --short | grep -c x").ok
         assert rt.run("python -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -1").ok
+        # $HOME is the image's, copied: the user's git identity is there, so commits work
+        assert rt.run("git config user.email").output.strip() == "forager@localhost"
+        assert rt.run("git add x && git commit -qm x && git log -1 --format=%s").output.strip() == "x"
+        rt.container.reload()
         volumes = [m["Name"] for m in rt.container.attrs["Mounts"] if m["Type"] == "volume"]
-        assert volumes
-    time.sleep(3)  # the reaper removes the container and its volume in the background
-    with pytest.raises(docker.errors.NotFound):
-        docker.from_env().volumes.get(volumes[0])
+        assert len(volumes) == 2  # the workdir and $HOME
+    time.sleep(3)  # the reaper removes the container and its volumes in the background
+    for volume in volumes:
+        with pytest.raises(docker.errors.NotFound):
+            docker.from_env().volumes.get(volume)
 
 
 def test_missing_image_hints_fit_the_image():
@@ -110,7 +115,7 @@ time.sleep(600)
 
 
 def _owned_by(pid: int) -> list:
-    return docker.from_env().containers.list(all=True, filters={"label": f"forager.owner.pid={pid}"})
+    return docker.from_env().containers.list(all=True, filters={"label": f"forager.owner.pid={pid}"}, ignore_removed=True)
 
 
 @needs_docker

@@ -42,7 +42,7 @@ def test_sigkilled_owner_leaves_no_container_after_gc():
     container_id, pid = _hold_and_kill("docker")
     assert client.containers.get(container_id).labels["forager.owner.pid"] == str(pid)  # it leaked...
     assert "removed" in _gc()
-    remaining = client.containers.list(all=True, filters={"label": f"forager.owner.pid={pid}"})
+    remaining = client.containers.list(all=True, filters={"label": f"forager.owner.pid={pid}"}, ignore_removed=True)
     assert remaining == []  # ...and gc removed it
 
 

@@ -19,7 +19,7 @@ def _wait_idle(pool: WarmPool, n: int, timeout: float = 60) -> None:
 
 
 def _ours(client, pool_ids: set[str]) -> set[str]:
-    return {c.id for c in client.containers.list(all=True, filters={"label": "forager"})} & pool_ids
+    return {c.id for c in client.containers.list(all=True, filters={"label": "forager"}, ignore_removed=True)} & pool_ids
 
 
 def test_warm_runtimes_are_fresh_distinct_and_removed():

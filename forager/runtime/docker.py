@@ -18,7 +18,6 @@ from forager.core import Observation
 from forager.runtime.base import LABEL, RUN_ID, ShellRuntime, live_runtimes, owner_labels
 from forager.runtime.limits import (
     DockerLimits, disk_full_note, home_of, image_user, missing_image_hint, quota_refused, quota_supported,
-    user_uid,
 )
 from forager.runtime.session import KILL_JOBS_SCRIPT
 
@@ -229,7 +228,7 @@ def _sweep_own_containers() -> None:
     client = docker.from_env(timeout=30)
     try:
         labels = [f"{LABEL}.run={RUN_ID}", f"{LABEL}.owner.pid={os.getpid()}"]
-        left = client.containers.list(all=True, filters={"label": labels})
+        left = client.containers.list(all=True, filters={"label": labels}, sparse=True)  # no inspect: no race
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(_force_remove, left))
     finally:
@@ -290,9 +289,8 @@ class DockerRuntime(ShellRuntime):
         with live_runtimes.creating():  # refused once the process is going down; waited for by the signal handler
             try:
                 self.shell_user = self.user or image_user(self.client, self.image)
-                uid = user_uid(self.client, self.image, self.shell_user) if self.limits.read_only else None
                 options = self.limits.run_options(quota=quota_supported(self.client), workdir=workdir,
-                                                  home=home_of(self.shell_user), uid=uid)
+                                                  home=home_of(self.shell_user))
                 self.container = self._run_container(workdir, options)
                 self.disk_quota = (options.get("storage_opt") or {}).get("size")
             except docker.errors.ImageNotFound as err:

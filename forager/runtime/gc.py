@@ -32,7 +32,8 @@ def collect_garbage(everything: bool = False) -> GcReport:
     except RuntimeUnavailable as err:
         report.docker_error = str(err)
     else:
-        for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+        # ignore_removed: another process may remove a container between the listing and its inspection
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}, ignore_removed=True):
             if everything or not owner_alive(container.labels):
                 try:
                     container.remove(force=True, v=True)  # v: a read-only container's workdir volume

@@ -4,7 +4,7 @@ Disk containment depends on the engine's storage driver. A writable-layer quota 
 size=`) exists only on overlay2 over xfs mounted with `pquota`, devicemapper, btrfs and zfs; every
 other driver (overlay2 on ext4, fuse-overlayfs, vfs) refuses it. So /tmp is always a size-limited
 tmpfs (memory-backed: it counts against `memory`), the quota is asked for where the engine takes
-it, and `read_only` leaves only /repo (a volume), /tmp and $HOME writable.
+it, and `read_only` leaves only the workdir and $HOME (volumes) and /tmp writable.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import docker
 import docker.errors
 
-from forager.runtime.base import owner_labels
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +44,7 @@ class DockerLimits:
     tmp_size: str | None = "1g"
     """Size of the tmpfs at /tmp (every driver); None leaves /tmp in the writable layer."""
     read_only: bool = False
-    """Read-only root file system: only the workdir (a volume copied from the image), /tmp and $HOME are writable."""
-    home_size: str = "256m"
-    """Size of the tmpfs at $HOME when `read_only`."""
+    """Read-only root file system: only the workdir and $HOME (volumes copied from the image) and /tmp are writable."""
     cap_drop: list[str] = field(default_factory=lambda: ["ALL"])
     cap_add: list[str] = field(default_factory=list)
     no_new_privileges: bool = True
@@ -56,7 +53,7 @@ class DockerLimits:
     extra: dict[str, Any] = field(default_factory=dict)
     """More `docker run` options, in docker-py's `containers.run` spelling."""
 
-    def run_options(self, *, quota: bool, workdir: str, home: str | None, uid: str | None = None) -> dict[str, Any]:
+    def run_options(self, *, quota: bool, workdir: str, home: str | None) -> dict[str, Any]:
         """`containers.run` keyword arguments; `quota`: the engine takes `storage_opt size=`."""
         tmpfs: dict[str, str] = {}
         if self.tmp_size:
@@ -78,9 +75,11 @@ class DockerLimits:
             from docker.types import Mount
 
             options["read_only"] = True
-            options["mounts"] = [Mount(workdir, None, type="volume")]  # Docker copies the image's files in
-            if home and uid:  # the engine copies the directory's mode in but makes root its owner
-                tmpfs[home] = f"rw,exec,nosuid,nodev,size={self.home_size},uid={uid},gid={uid}"
+            # Volumes, not tmpfs: Docker copies the image's files in (the repository; the user's
+            # ~/.gitconfig and tool settings), and they go with the container (`remove(v=True)`).
+            options["mounts"] = [Mount(workdir, None, type="volume")]
+            if home and home != workdir:
+                options["mounts"].append(Mount(home, None, type="volume"))
         if tmpfs:
             options["tmpfs"] = tmpfs
         return {**options, **self.extra}
@@ -127,22 +126,6 @@ def image_user(client: docker.DockerClient, image: str) -> str:
     return _users[key]
 
 
-_uids: dict[tuple[str, str, str], str] = {}
-
-
-def user_uid(client: docker.DockerClient, image: str, user: str) -> str:
-    """The numeric uid of `user` in `image` (a throwaway container asks once per image and user)."""
-    name = user.split(":", 1)[0]
-    if name.isdigit():
-        return name
-    key = (client.api.base_url, image, name)
-    if key not in _uids:
-        out = client.containers.run(image, ["id", "-u", name], entrypoint=[], remove=True, network_mode="none",
-                                    user="0", labels=owner_labels())
-        _uids[key] = out.decode().strip()
-    return _uids[key]
-
-
 def home_of(user: str) -> str | None:
     """Where $HOME is by convention for `user` (a bare uid has none we can know without starting one)."""
     name = user.split(":", 1)[0]
@@ -173,8 +156,6 @@ def disk_full_note(limits: DockerLimits, output: str, quota: str | None) -> str 
     if ENOSPC not in output:
         return None
     where = [f"/tmp holds at most {limits.tmp_size}"] if limits.tmp_size else []
-    if limits.read_only:
-        where.append(f"$HOME at most {limits.home_size}")
     if quota:
         where.append(f"the other files at most {quota}")
     return (f"{ENOSPC}: a disk limit of this environment is full ({'; '.join(where) or 'see df -h'}); "
