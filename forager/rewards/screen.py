@@ -12,10 +12,11 @@ too: `allow_test_framework_imports` lifts that one rule.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from forager.core import Task
-from forager.harness import is_protected, split_diff
+from forager.harness import is_protected
+from forager.harness.diffparse import parse_diff
 from forager.runtime.base import ShellRuntime, bash_quote
 
 FRAMEWORK_IMPORTS = "imports the test framework"
@@ -41,24 +42,26 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+def _added(diff: str) -> Iterator[tuple[str, int, str]]:
+    """(path in the new tree, line number there, text) of every line `diff` adds, as the grader parsed it."""
+    for file in parse_diff(diff):
+        if file.new_path is None:
+            continue
+        for hunk in file.hunks:
+            number = hunk.new_start
+            for op, data in hunk.lines:
+                if op == "+":
+                    yield file.new_path, number, data.decode("utf-8", "replace").rstrip("\n")
+                if op != "-":
+                    number += 1
+
+
 def added_lines(diff: str) -> dict[str, list[int]]:
     """{path: line numbers in the new file} of the lines `diff` adds."""
     added: dict[str, list[int]] = {}
-    for patch in split_diff(diff):
-        if patch.new_path is None:
-            continue
-        lines, number = added.setdefault(patch.new_path, []), 0
-        in_hunk = False
-        for line in patch.text.splitlines():
-            header = re.match(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@", line)
-            if header:
-                number, in_hunk = int(header.group(1)), True
-            elif in_hunk and line.startswith("+"):
-                lines.append(number)
-                number += 1
-            elif in_hunk and (line.startswith(" ") or line == ""):
-                number += 1
-    return {path: lines for path, lines in added.items() if lines}
+    for path, number, _ in _added(diff):
+        added.setdefault(path, []).append(number)
+    return added
 
 
 def screen_diff(diff: str, protected: Iterable[str], *, allow: Iterable[str] = ()) -> list[str]:
@@ -68,18 +71,14 @@ def screen_diff(diff: str, protected: Iterable[str], *, allow: Iterable[str] = (
     """
     patterns, allowed = tuple(protected), set(allow)
     findings: list[str] = []
-    for patch in split_diff(diff):
-        path = patch.new_path
-        if path is None or not path.endswith((".py", ".pyw", ".pyi")) or is_protected(path, patterns):
+    for path, _, text in _added(diff):
+        if not path.endswith((".py", ".pyw", ".pyi")) or is_protected(path, patterns):
             continue
-        for line in patch.text.splitlines():
-            if not line.startswith("+") or line.startswith("+++"):
-                continue
-            code = line[1:].split("#", 1)[0] if "'" not in line and '"' not in line else line[1:]
-            for rule, pattern in _RULES:
-                if rule not in allowed and pattern.search(code):
-                    findings.append(f"{path}: {rule}: {line[1:].strip()[:120]}")
-                    break
+        code = text.split("#", 1)[0] if "'" not in text and '"' not in text else text
+        for rule, pattern in _RULES:
+            if rule not in allowed and pattern.search(code):
+                findings.append(f"{path}: {rule}: {text.strip()[:120]}")
+                break
     return findings
 
 
