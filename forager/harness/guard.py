@@ -17,9 +17,7 @@ the repository is on sys.path. Standard library and pytest only (Python >= 3.8).
 import ast
 import fnmatch
 import hashlib
-import hmac
 import inspect
-import json
 import os
 import sys
 
@@ -84,6 +82,53 @@ def _resolve(spec):
     return getattr(obj, parts[-1], None)
 
 
+def _make_channel(sha256=hashlib.sha256, write=os.write, isinstance=isinstance, ord=ord, sorted=sorted,
+                  str=str, int=int, bool=bool, dict=dict, list=list, tuple=tuple, bytes=bytes, repr=repr):
+    """`send(fd, key, record)`: write `mac json` of a flat record to the parent.
+
+    Built only from references taken when the guard is imported, before any repository code runs:
+    not the json, hmac or os modules, whose attributes the code under test can replace (a replaced
+    `json.dumps` once rewrote failures into passes before the guard signed them). HMAC-SHA256 is
+    spelled out over the captured `sha256`; builtin types' methods cannot be replaced.
+    """
+
+    def text(value):
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        if isinstance(value, int):
+            return "%d" % value
+        if isinstance(value, str):
+            out = []
+            for ch in value:
+                code = ord(ch)
+                if 0x20 <= code < 0x7F and ch != '"' and ch != "\\":
+                    out.append(ch)
+                elif code < 0x10000:
+                    out.append("\\u%04x" % code)
+                else:  # a surrogate pair, as JSON spells characters outside the BMP
+                    code -= 0x10000
+                    out.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))
+            return '"' + "".join(out) + '"'
+        if isinstance(value, (list, tuple)):
+            return "[" + ",".join(text(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{" + ",".join(text(str(k)) + ":" + text(value[k]) for k in sorted(value)) + "}"
+        return text(repr(value))
+
+    def mac(key, body):
+        key = key + bytes(64 - len(key)) if len(key) <= 64 else sha256(key).digest() + bytes(32)
+        inner = sha256(bytes(b ^ 0x36 for b in key) + body).digest()
+        return sha256(bytes(b ^ 0x5C for b in key) + inner).hexdigest()
+
+    def send(fd, key, record):
+        body = text(record).encode()
+        data = mac(key, body).encode() + b" " + body + b"\n"
+        while data:
+            data = data[write(fd, data):]
+
+    return send
+
+
 class Guard:
     """The child's pytest plugin and audit hook; `emit` sends a signed record to the parent."""
 
@@ -95,16 +140,13 @@ class Guard:
         self.changed = frozenset(os.path.join(self.cwd, p) for p in request.get("agent_files") or ())
         self.private = os.path.realpath(request["private"])
         self._fd, self._key, self._busy = fd, key, False
+        self._send = _make_channel()
         self._expected = {}
         self._watched = {}
 
     # -- the channel to the parent ---------------------------------------------------------------
     def emit(self, record):
-        body = json.dumps(record, sort_keys=True)
-        mac = hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
-        data = ("%s %s\n" % (mac, body)).encode()
-        while data:
-            data = data[os.write(self._fd, data):]
+        self._send(self._fd, self._key, record)
 
     def tamper(self, why, test=None):
         self.emit({"t": "tamper", "why": why, "id": test})

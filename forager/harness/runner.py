@@ -308,6 +308,27 @@ def _verdicts(records, forged):
     return {"statuses": statuses, "messages": messages, "tamper": tamper}
 
 
+def _inconsistencies(statuses, rc, output):
+    """What the records say against what pytest itself said: its exit status and its `-rA` summary.
+
+    Both come from the child too, but from pytest's own exit path and terminal reporter, not from
+    the guard's records: forging one channel does not forge the others.
+    """
+    failing = ("FAILED", "ERROR")
+    found = []
+    if rc == 1 and statuses and not any(s in failing for s in statuses.values()):
+        found.append("pytest exited with 1 (a test failed) but every record says the tests passed")
+    summary = {}
+    for line in output.decode("utf-8", "replace").splitlines():
+        word, _, rest = line.partition(" ")
+        if word in failing and rest:
+            summary[rest.split(" - ", 1)[0].strip()] = word
+    contradicted = [t for t, s in statuses.items() if s not in failing and t in summary]
+    if contradicted:
+        found.append("pytest's summary reports %s as %s, the records do not" % (contradicted[0], summary[contradicted[0]]))
+    return found
+
+
 def _run_guarded(request):
     cwd = request.get("cwd") or os.getcwd()
     os.chdir(cwd)
@@ -332,11 +353,13 @@ def _run_guarded(request):
             except OSError:
                 pass
     log.seek(0)
-    os.write(1, log.read())
+    output = log.read()
+    os.write(1, output)
     done = [r["rc"] for r in records if r["t"] == "done"]
     if not done or proc.returncode != done[0]:
         os._exit(proc.returncode if proc.returncode > 0 else 70)  # killed, crashed or exited early: no marker
     verdicts = _verdicts(records, forged)
+    verdicts["tamper"] += _inconsistencies(verdicts["statuses"], done[0], output)
     changed = [p for p, text in sources.items() if _read_sources([p + "::"]).get(p) != text]
     verdicts["tamper"] += ["the test file %s changed during the run" % p for p in changed]
     payload = base64.b64encode(json.dumps(verdicts).encode()).decode()

@@ -36,6 +36,11 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("walks the heap", re.compile(r"(?<![A-Za-z0-9])gc\.get_(objects|referrers|referents)\b|\bcell_contents\b|\b__closure__\b")),
     ("patches builtins or the import system", re.compile(
         r"(?<![A-Za-z0-9])builtins\.\w+\s*=[^=]|__builtins__|\bmeta_path\b|\bpath_hooks\b|(?<![A-Za-z0-9])sys\.modules\s*\[[^\]]*\]\s*=[^=]")),
+    ("replaces what the test run's reporting uses", re.compile(
+        r"(?<![\w.])(?!self\.)\w+\.(dumps?|JSONEncoder|c_make_encoder|encode_basestring(_ascii)?|_default_encoder|"
+        r"HMAC|compare_digest|digest)\s*=[^=]|"
+        r"setattr\([^)]*['\"](dumps?|JSONEncoder|c_make_encoder|_default_encoder|HMAC|compare_digest|digest)['\"]|"
+        r"__(kw)?defaults__")),
     ("reaches into the test run", re.compile(
         r"\bPYTEST_|\bpytest_plugins\b|\bpluginmanager\b|\bTestCase\.run\b|\bunittest\.(case\.)?TestCase\.\w+\s*=|"
         r"\bjunit|FORAGER|/proc/|\bctypes\b|(?<![A-Za-z0-9])os\.(write|fdopen|dup2?)\(|\bSkipTest\b|\bxfail\b")),
