@@ -32,7 +32,7 @@ def run_coverage(harness: PytestHarness, timeout: float) -> tuple[TestRun, Cover
     """Run the whole suite once with per-test line coverage."""
     runtime = harness.runtime
     tests = harness.collect(timeout)
-    work = runtime.run_checked("mktemp -d /tmp/forager-XXXXXXXX").strip()
+    work = runtime.run_checked(f"mktemp -d {bash_quote(runtime.scratch_path('XXXXXXXX'))}").strip()
     site = coverage_site(harness)
     nonce = secrets.token_hex(16)
     junit, log, out = f"{work}/report.xml", f"{work}/log", f"{work}/coverage.json"

@@ -37,7 +37,8 @@ class PytestHarness:
     def tools_dir(self) -> str:
         """A private directory in the runtime holding the runner (made once)."""
         if self._dir is None:
-            self._dir = self.runtime.run_checked("mktemp -d /tmp/forager-XXXXXXXX").strip()
+            self._dir = self.runtime.run_checked(
+                f"mktemp -d {bash_quote(self.runtime.scratch_path('XXXXXXXX'))}").strip()
             self.runtime.write_file(f"{self._dir}/runner.py", RUNNER.read_text())
         return self._dir
 
@@ -70,7 +71,7 @@ class PytestHarness:
             return self._run_served(tests, timeout)
         # A one-shot directory with a random name and a runner that deletes itself once it has read
         # the request; set up, run and cleaned up in one round trip.
-        work = f"/tmp/forager-{secrets.token_hex(8)}"
+        work = self.runtime.scratch_path(secrets.token_hex(8))
         script = f"{work}/runner.py"
         nonce = secrets.token_hex(16)
         args = [*self.command.args, *([] if suite else tests)]

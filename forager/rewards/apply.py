@@ -167,13 +167,14 @@ def probe(runtime: ShellRuntime, paths: list[str]) -> tuple[dict[str, bool], dic
 def write_files(runtime: ShellRuntime, writes: list[tuple[str, bytes, str]], deletes: list[str]) -> str | None:
     """Delete, then write each file (never through a link: the old entry goes first); an error or None."""
     commands = [f"rm -f -- {bash_quote(p)}" for p in deletes]
+    scratch = bash_quote(runtime.scratch_path("write.b64"))
     for path, data, mode in writes:
         q, encoded = bash_quote(path), base64.b64encode(data).decode()
         parent = path.rsplit("/", 1)[0] if "/" in path else "."
         chunks = [encoded[i:i + _WRITE_BATCH] for i in range(0, len(encoded), _WRITE_BATCH)] or [""]
-        commands.append(f"rm -f -- {q} && mkdir -p -- {bash_quote(parent)} && : > /tmp/forager-write.b64")
-        commands += [f"printf '%s' '{chunk}' >> /tmp/forager-write.b64" for chunk in chunks]
-        commands.append(f"base64 -d /tmp/forager-write.b64 > {q} && chmod {'755' if mode == '100755' else '644'} -- {q}")
+        commands.append(f"rm -f -- {q} && mkdir -p -- {bash_quote(parent)} && : > {scratch}")
+        commands += [f"printf '%s' '{chunk}' >> {scratch}" for chunk in chunks]
+        commands.append(f"base64 -d {scratch} > {q} && chmod {'755' if mode == '100755' else '644'} -- {q}")
     batch: list[str] = []
     for command in [*commands, None]:
         if command is not None and sum(map(len, batch)) + len(command) < _WRITE_BATCH * 2:

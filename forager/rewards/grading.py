@@ -248,14 +248,15 @@ def prepare_for_grading(runtime: ShellRuntime, task: Task) -> None:
     """The task's starting tree (base commit plus any planted bug), staged, without rewriting history."""
     command = f"git -c advice.detachedHead=false checkout -q -f {bash_quote(task.base_commit)} && git clean -q -fd"
     if task.setup_patch:
-        command += (f" && {runtime.write_command('/tmp/forager-setup.patch', task.setup_patch)}"
-                    " && git apply --index --whitespace=nowarn /tmp/forager-setup.patch")
+        path = runtime.scratch_path("setup.patch")
+        command += (f" && {runtime.write_command(path, task.setup_patch)}"
+                    f" && git apply --index --whitespace=nowarn {bash_quote(path)}")
     runtime.run_checked(command)
 
 
 def apply_patch(runtime: ShellRuntime, patch: str, name: str) -> tuple[bool, str]:
     """Apply with `git apply`, then `git apply --3way`, then `patch --fuzz`; (applied, log)."""
-    path = f"/tmp/forager-{name}.patch"
+    path = bash_quote(runtime.scratch_path(f"{name}.patch"))
     obs = runtime.run(
         f"{runtime.write_command(path, patch if patch.endswith(chr(10)) else patch + chr(10))} && "
         f"cd {bash_quote(runtime.workdir)} && {{ git apply --whitespace=nowarn {path} || "

@@ -171,6 +171,9 @@ class ShellRuntime(ABC):
     """
 
     workdir: str
+    scratch_dir: str = "/tmp"
+    """Where Forager's own scratch files go (patches, test reports): private to this runtime. A
+    container's /tmp is its own; a runtime that shares the host's sets a directory of its own."""
 
     def __init__(self, workdir: str, command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:
@@ -226,6 +229,10 @@ class ShellRuntime(ABC):
         if not obs.ok:
             raise FileNotFoundError(path)
         return obs.output
+
+    def scratch_path(self, name: str) -> str:
+        """`scratch_dir/forager-NAME`: a fixed name is safe there, as no other runtime writes to it."""
+        return f"{self.scratch_dir}/forager-{name}"
 
     def write_file(self, path: str, content: str) -> None:
         self.run_checked(self.write_command(path, content))

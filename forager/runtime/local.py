@@ -29,11 +29,11 @@ OWNER_FILE = "forager-owner.json"
 class PipeTransport:
     """bash as a child process in its own session, its stderr merged into stdout."""
 
-    def __init__(self, cwd: str) -> None:
+    def __init__(self, cwd: str, env: dict[str, str] | None = None) -> None:
         self._proc = subprocess.Popen(
             ["bash", "--noprofile", "--norc"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=cwd, start_new_session=True, bufsize=0,
+            cwd=cwd, env=env, start_new_session=True, bufsize=0,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin = self._proc.stdin
@@ -88,6 +88,9 @@ class LocalRuntime(ShellRuntime):
             raise RuntimeUnavailable(f"{self.source} is not a git repository (the local runtime clones one)")
         self.scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
         (self.scratch / OWNER_FILE).write_text(json.dumps(owner_labels()))
+        # The host's /tmp is shared by every runtime on it: fixed scratch names there would collide.
+        (self.scratch / "tmp").mkdir()
+        self.scratch_dir = str(self.scratch / "tmp")
         try:
             self._clone()
         except BaseException:
@@ -111,7 +114,8 @@ class LocalRuntime(ShellRuntime):
         git_command(self.scratch / "repo", "remote", "remove", "origin", errors="replace")  # its result does not matter
 
     def _open_transport(self) -> PipeTransport:
-        return PipeTransport(self.workdir)
+        # mktemp, tempfile and the tests' own temporary files land in the runtime's scratch too
+        return PipeTransport(self.workdir, {**os.environ, "TMPDIR": self.scratch_dir})
 
     def _trusted_diff(self, base: str) -> tuple[int, bytes, bytes]:
         """The diff by a host subprocess with a clean environment, not through the agent's shell."""

@@ -47,9 +47,10 @@ def checkout_task(runtime: ShellRuntime, task: Task) -> str:
         f"git -c advice.detachedHead=false checkout -q -f {bash_quote(task.base_commit)} && git clean -q -fd"
     )
     if task.setup_patch:
-        runtime.write_file("/tmp/forager-setup.patch", task.setup_patch)
+        patch = runtime.scratch_path("setup.patch")
+        runtime.write_file(patch, task.setup_patch)
         runtime.run_checked(
-            "git apply --whitespace=nowarn /tmp/forager-setup.patch && rm -f /tmp/forager-setup.patch && "
+            f"git apply --whitespace=nowarn {bash_quote(patch)} && rm -f {bash_quote(patch)} && "
             f"rm -rf .git && git init -q -b main && git add -A && "
             f"{_COMMIT} {bash_quote(f'{task.repo or task.instance_id}')}"
         )
