@@ -1,0 +1,13 @@
+"""Asynchronous multi-turn GRPO: turning trajectories into weight updates of the policy.
+
+The package will hold the whole trainer: rollout workers that run episodes with the ForagerAgent
+against inference engines, a learner that shards the policy with torch FSDP2 and applies the loss,
+weight syncing from learner to engines while episodes are in flight, and the loop with its
+checkpoints. The rooms that exist so far:
+
+- `loss`: the GRPO loss and group advantages, CWM's variant by default (pure functions on torch tensors).
+- `config` and `sections`: `TrainConfig`, loaded from YAML plus dotted overrides (`learner.lr=1e-6`).
+- `plan`: the learner's memory per GPU under FSDP2 for a model's architecture, and whether it fits.
+
+Nothing is imported here: `loss` needs torch, and the config must load without it.
+"""
