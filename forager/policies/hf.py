@@ -19,10 +19,12 @@ import inspect
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from forager.core import ContextLengthExceeded, Message, PolicyError, PolicyOutput, Task
+from forager.policies.models import resolve_model
 
 _MARK = "<forager:end-of-content>"
 
@@ -45,17 +47,18 @@ class HFPolicy:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model = str(model)
+        source = resolve_model(self.model)  # a known name (smollm2-135m-instruct) is converted once, offline
         self.temperature, self.top_p, self.top_k, self.max_tokens = temperature, top_p, top_k, max_tokens
         self.policy_version = policy_version
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         if not self.tokenizer.chat_template:
             raise PolicyError(f"{self.model} has no chat template: use an instruction-tuned model")
         torch_dtype = getattr(torch, dtype) if dtype else (torch.float32 if self.device == "cpu" else torch.bfloat16)
         # transformers renamed `torch_dtype` to `dtype` in 4.56.
         dtype_kw = "dtype" if _version(transformers.__version__) >= (4, 56) else "torch_dtype"
         self.lm = AutoModelForCausalLM.from_pretrained(
-            self.model, trust_remote_code=trust_remote_code, **{dtype_kw: torch_dtype}).to(self.device).eval()
+            source, trust_remote_code=trust_remote_code, **{dtype_kw: torch_dtype}).to(self.device).eval()
         config = self.lm.config
         self.max_context: int = (max_context or getattr(config, "max_position_embeddings", None)
                                  or self.tokenizer.model_max_length)
@@ -105,10 +108,21 @@ class HFPolicy:
                 return list(prefix_token_ids) + self._encode(delta)
         return self._encode(self._render(messages, tools, generation_prompt=True))
 
-    def update_weights(self, state_dict: dict[str, Any], policy_version: int) -> None:
-        """Load new weights (from the learner) between two generations, and the version that names them."""
-        with self._lock:
-            self.lm.load_state_dict(state_dict)
+    def update_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]], policy_version: int) -> None:
+        """Copy new weights (from the learner) into the model in place, between two generations, and name them.
+
+        `weights` maps state-dict names to tensors (any dtype or device: each is cast on copy). Strict, as
+        `load_state_dict`: every weight once (a tied one under either name), nothing unknown, the same
+        shapes; all of it is checked before any weight changes, so a bad update leaves the weights and the
+        version as they were. In place, so nothing that holds the parameters needs to see new tensors.
+        """
+        import torch
+
+        pairs = list(weights.items() if isinstance(weights, Mapping) else weights)
+        targets = _update_targets(self.lm, pairs)
+        with self._lock, torch.no_grad():
+            for target, (_, tensor) in zip(targets, pairs):
+                target.copy_(tensor)
             self.policy_version = policy_version
 
     # -- rendering -----------------------------------------------------------------------------
@@ -182,6 +196,34 @@ class HFPolicy:
             allowed = allowed.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
         token = int(torch.multinomial(torch.softmax(allowed, dim=-1), 1, generator=self._generator))
         return token, float(logp[token])
+
+
+def _update_targets(lm: Any, pairs: list[tuple[str, Any]]) -> list[Any]:
+    """The model's tensor for each (name, tensor) of a weight update, after checking the update is whole."""
+    own = lm.state_dict(keep_vars=True)  # parameters and persistent buffers; tied weights under each name
+    unknown = [name for name, _ in pairs if name not in own]
+    wrong = [f"{name} {tuple(t.shape)} != {tuple(own[name].shape)}" for name, t in pairs
+             if name in own and tuple(t.shape) != tuple(own[name].shape)]
+    first: dict[int, tuple[str, Any]] = {}
+    tied = []  # one weight under two names (tied embeddings) given two different values: which is meant?
+    for name, tensor in (pair for pair in pairs if pair[0] in own):
+        earlier = first.setdefault(id(own[name]), (name, tensor))
+        if earlier[1] is not tensor and earlier[1].shape == tensor.shape and not _same_values(earlier[1], tensor):
+            tied.append(f"{earlier[0]} != {name}")
+    missing = [name for name, tensor in own.items() if id(tensor) not in first]
+    if unknown or wrong or missing or tied:
+        parts = [f"{label}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                 for label, names in (("unknown", unknown), ("wrong shape", wrong), ("missing", missing),
+                                      ("tied weights differ", tied)) if names]
+        raise PolicyError(f"weight update refused, nothing was changed ({'; '.join(parts)}): send every weight "
+                          "of this architecture by its state-dict name")
+    return [own[name].data for name, _ in pairs]
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    import torch
+
+    return a.data_ptr() == b.data_ptr() or torch.equal(a.to(b.device, b.dtype), b)
 
 
 def _mismatch(why: str) -> None:
