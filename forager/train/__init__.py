@@ -8,6 +8,9 @@ checkpoints. The rooms that exist so far:
 - `loss`: the GRPO loss and group advantages, CWM's variant by default (pure functions on torch tensors).
 - `config` and `sections`: `TrainConfig`, loaded from YAML plus dotted overrides (`learner.lr=1e-6`).
 - `plan`: the learner's memory per GPU under FSDP2 for a model's architecture, and whether it fits.
+- `learner`: the `Learner` (FSDP2 over ranks, one rank plain), its GRPO step on `TrainSample`s (`samples`:
+  the samples, their checks, their packing into microbatches and the recomputed logprobs).
+- `checkpoint`: save and resume with torch.distributed.checkpoint, atomically, the last K kept.
 
-Nothing is imported here: `loss` needs torch, and the config must load without it.
+Nothing is imported here: `loss`, `learner` and `checkpoint` need torch, and the config must load without it.
 """
