@@ -32,7 +32,7 @@ def test_concurrent_checkouts_do_not_share_a_setup_patch():
         checkout_task(first, tasks[0])
         checkout_task(second, tasks[1])
         for runtime, task in ((first, tasks[0]), (second, tasks[1])):
-            assert runtime.diff(f"HEAD") == ""
+            assert runtime.diff("HEAD") == ""
             assert not os.listdir(runtime.scratch_dir)  # the setup patch is gone once applied
             fixed = runtime.run(f"git apply --check -R - <<'EOF'\n{task.setup_patch}EOF").ok
             assert fixed, f"{task.instance_id}: the runtime does not hold its own planted bug"
@@ -50,3 +50,56 @@ def test_the_quickstart_collection_on_the_local_runtime_resolves_every_reference
         assert len(trajectories) == 2 * len(tasks)
         unresolved = [(t.task_id, t.termination, t.reward_details) for t in trajectories if not t.resolved]
         assert not unresolved and stats.resolved == 2 * len(tasks), f"attempt {attempt}: {unresolved}"
+
+
+SIGTERM_CHILD = """
+import sys, threading
+from forager.runtime.local import LocalRuntime
+
+def churn():
+    while True:  # a creation or a re-clone in flight when the signal comes
+        runtime = LocalRuntime(sys.argv[1])
+        runtime.reset()
+        runtime.close()
+
+for _ in range(4):
+    threading.Thread(target=churn, daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_sigterm_leaves_no_scratch_directory_even_while_runtimes_reset(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from forager.runtime.local import OWNER_FILE, SCRATCH_PREFIX
+
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(sample_repo().path)],
+                             stdout=subprocess.PIPE, text=True)
+
+    def owned() -> list[Path]:
+        found = []
+        for scratch in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+            try:
+                labels = json.loads((scratch / OWNER_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if labels.get("forager.owner.pid") == str(child.pid):
+                found.append(scratch)
+        return found
+
+    assert child.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 60
+    while len(owned()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(owned()) >= 2
+    time.sleep(1.0)  # resets under way
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(60) == -signal.SIGTERM
+    assert owned() == []

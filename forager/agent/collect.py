@@ -26,6 +26,7 @@ from forager.agent.config import AgentConfig, CollectConfig
 from forager.agent.loop import make_env, run_episode
 from forager.agent.ray_collect import run_on_ray
 from forager.core import ForagerError, Task, Trajectory
+from forager.envs.swe import SWEEnv
 from forager.files import atomic_write_text
 from forager.policies.spec import PolicySpec
 from forager.runtime.pool import WarmPool
@@ -150,7 +151,7 @@ def collect(
     validate_policy(policy)  # before anything is written: a typo must not leave a run file behind
     out = Path(out_dir)
     guard = stop_on_sigint(stop, on_stopping) if handle_sigint else nullcontext()
-    with guard, TrajectoryWriter(out) as writer, _LazyWriter(out / INFRA_FAILURES) as failures:
+    with guard, TrajectoryWriter(out) as writer, LazyWriter(out / INFRA_FAILURES) as failures:
         _check_run_file(out, policy, agent, tasks_source, config, allow_mixed)
         done = writer.done()
         pending = [(task, k) for k in range(config.samples_per_task) for task in tasks
@@ -176,7 +177,7 @@ def collect(
     return stats
 
 
-class _LazyWriter:
+class LazyWriter:
     """A TrajectoryWriter opened on the first append, so a run without failures makes no directory for them."""
 
     def __init__(self, directory: Path) -> None:
@@ -190,7 +191,7 @@ class _LazyWriter:
                 self._writer = TrajectoryWriter(self.directory)
         self._writer.append(trajectory)
 
-    def __enter__(self) -> _LazyWriter:
+    def __enter__(self) -> LazyWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -231,6 +232,16 @@ def stop_on_sigint(stop: threading.Event, on_stopping: Callable[[], None] | None
         signal.signal(signal.SIGINT, previous)
 
 
+def make_pool(config: CollectConfig) -> WarmPool | None:
+    """The warm pool the workers share, or None (none asked for, or the local runtime, which starts nothing)."""
+    return WarmPool(config.warm_pool) if config.warm_pool and config.runtime != "local" else None
+
+
+def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None) -> SWEEnv:
+    """One worker's env: the collection's runtime, reward and limits, its containers from `pool` when there is one."""
+    return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
+
+
 def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig,
                  config: CollectConfig, finished: Callable[[Trajectory], None], stop: threading.Event) -> None:
     if not pending:
@@ -239,10 +250,10 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
     work: queue.SimpleQueue[tuple[Task, int]] = queue.SimpleQueue()
     for item in pending:
         work.put(item)
-    pool = WarmPool(config.warm_pool) if config.warm_pool and config.runtime != "local" else None
+    pool = make_pool(config)
 
     def worker() -> None:
-        env = make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
+        env = make_worker_env(agent, config, pool)
         try:
             while not stop.is_set():
                 try:

@@ -18,7 +18,7 @@ from typing import Any
 
 from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, RuntimeUnavailable, Task
 from forager.git import git_command
-from forager.runtime.base import ShellRuntime, owner_labels
+from forager.runtime.base import ShellRuntime, live_runtimes, owner_labels
 from forager.runtime.session import KILL_JOBS_SCRIPT
 from forager.runtime.trusted_git import DIFF_TIMEOUT_S, TRUSTED_ENV, host_diff_command
 
@@ -86,6 +86,10 @@ class LocalRuntime(ShellRuntime):
         self.source = Path(repo).resolve()
         if not (self.source / ".git").exists():
             raise RuntimeUnavailable(f"{self.source} is not a git repository (the local runtime clones one)")
+        with live_runtimes.creating():  # refused once the process is going down; waited for by its handler
+            self._create(command_timeout, max_output_bytes)
+
+    def _create(self, command_timeout: float, max_output_bytes: int) -> None:
         self.scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
         (self.scratch / OWNER_FILE).write_text(json.dumps(owner_labels()))
         # The host's /tmp is shared by every runtime on it: fixed scratch names there would collide.
@@ -136,3 +140,22 @@ class LocalRuntime(ShellRuntime):
 
     def _release(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _sweep_own_scratch() -> None:
+    """At exit or on a signal, after every runtime was closed: scratch directories this process still owns.
+
+    A worker thread may be re-cloning (reset) while the shutdown closes its runtime; what it leaves
+    behind goes here instead of waiting for `forager gc`.
+    """
+    me = owner_labels()
+    for scratch in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        try:
+            labels = json.loads((scratch / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if all(labels.get(key) == value for key, value in me.items() if "owner" in key):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+live_runtimes.sweepers.append(_sweep_own_scratch)

@@ -11,6 +11,12 @@ checkpoints. The rooms that exist so far:
 - `learner`: the `Learner` (FSDP2 over ranks, one rank plain), its GRPO step on `TrainSample`s (`samples`:
   the samples, their checks, their packing into microbatches and the recomputed logprobs).
 - `checkpoint`: save and resume with torch.distributed.checkpoint, atomically, the last K kept.
+- `engines/` and `sync`: sampling backends whose weights the learner replaces between two generations
+  (in process, or a sampler process fed by bucketed torch.distributed broadcasts).
+- `rollout` (`ray_rollout`, `cursor`), `buffer` and `metrics`: groups of G episodes per task through the
+  agent loop, the staleness-bounded buffer of token-budget batches, `metrics.jsonl` and TensorBoard.
 
-Nothing is imported here: `loss`, `learner` and `checkpoint` need torch, and the config must load without it.
+The loop and the `forager train` command come next.
+
+Nothing is imported here: `loss`, `learner`, `checkpoint`, `engines` and `sync` need torch, and the config must load without it.
 """

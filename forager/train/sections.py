@@ -81,6 +81,10 @@ class RolloutConfig(BaseModel):
     """G: episodes per task in one group; the advantage compares them (DeepSWE and CWM-like runs: 8)."""
     concurrency: int = Field(4, ge=1)
     """Episodes in flight at once (one container each); more than a batch keeps engines busy while the learner steps."""
+    max_buffered_groups: int = Field(16, ge=1)
+    """Groups finished and waiting for the learner plus groups being sampled; no new group starts beyond it, so a
+    slow learner stalls the rollouts instead of growing memory (and the groups it gets are fresher). At least
+    concurrency / group_size keeps every episode slot busy."""
     backend: Literal["hf", "vllm"] = "hf"
     """Inference engine: `vllm` on GPUs, or `hf` (transformers generate, in process) for tiny models on a CPU."""
     engines: int = Field(1, ge=1)
