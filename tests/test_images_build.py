@@ -18,6 +18,7 @@ from forager.runtime import DockerRuntime, docker_available
 pytestmark = pytest.mark.docker
 
 PROJECT = "iniconfig==2.3.1"  # small, pure Python, setuptools + setuptools-scm, tests in its sdist
+ON_BOOKWORM = {"python": "3.11"}  # these builds would get 3.13 from requires-python; the base the suite has
 
 
 def _have_base() -> bool:
@@ -56,7 +57,8 @@ def home(tmp_path_factory):
 def built(home):
     stages: list[str] = []
     # force: the layers are built now even if an earlier run left them on this engine
-    result = build_image(PROJECT, BuildOptions(force=True), on_stage=lambda src, stage, detail: stages.append(stage))
+    result = build_image(PROJECT, BuildOptions(force=True, **ON_BOOKWORM),
+                         on_stage=lambda src, stage, detail: stages.append(stage))
     return result, stages
 
 
@@ -71,7 +73,7 @@ def test_a_pypi_sdist_becomes_an_executable_image(built, home):
     assert (entry.name, entry.version, entry.source, entry.source_kind) == ("iniconfig", "2.3.1", PROJECT, "pypi")
     assert entry.python == "3.11" and entry.workdir == "/repo"
     assert entry.test_command == DEFAULT_TEST_COMMAND
-    assert entry.env_image.startswith("forager/env:") and entry.base_image == "forager/base:latest"
+    assert entry.env_image.startswith("forager/env:") and entry.base_image == "forager/base:bookworm"
     assert entry.collected >= 40 and len(entry.tests) == entry.collected
     assert set(entry.baseline) == set(entry.tests)
     assert entry.passed == entry.collected and entry.pass_share == 1.0 and entry.executable
@@ -107,7 +109,7 @@ def test_the_image_holds_the_repository_at_one_commit_installed_editable(built):
 def test_a_rebuild_with_unchanged_inputs_builds_nothing(built):
     first = built[0]
     stages: list[str] = []
-    again = build_image(PROJECT, on_stage=lambda src, stage, detail: stages.append(stage))
+    again = build_image(PROJECT, BuildOptions(**ON_BOOKWORM), on_stage=lambda src, stage, detail: stages.append(stage))
     assert again.ok and again.cached and again.tag == first.tag
     assert again.entry == first.entry
     assert not {"wheelhouse", "env", "repo", "collect", "verify"} & set(stages)
@@ -150,7 +152,7 @@ def _demo_project(root: Path) -> tuple[Path, str, str]:
 
 def test_local_git_source_at_a_commit_collection_errors_and_recipes(home, tmp_path):
     root, first, later = _demo_project(tmp_path / "demo")
-    broken = build_image(f"{root}@{first}")
+    broken = build_image(f"{root}@{first}", BuildOptions(**ON_BOOKWORM))
     assert broken.error is not None and broken.error.stage == "collect"
     assert "collection error: tests/test_broken.py" in broken.error.reason
     assert "No module named 'no_such_module_anywhere'" in broken.error.reason
@@ -163,7 +165,7 @@ def test_local_git_source_at_a_commit_collection_errors_and_recipes(home, tmp_pa
 
     recipe = tmp_path / "demo.yaml"
     recipe.write_text("ignore_tests: [tests/test_broken.py]\nmin_pass_share: 1.0\n")
-    fixed = build_image(f"{root}@{first}", BuildOptions(recipe=str(recipe)))
+    fixed = build_image(f"{root}@{first}", BuildOptions(recipe=str(recipe), **ON_BOOKWORM))
     assert fixed.ok, fixed.error
     assert fixed.tag == broken.tag  # test selection is not part of the image
     assert fixed.entry.collected == 2 and fixed.entry.passed == 2
@@ -174,7 +176,7 @@ def test_local_git_source_at_a_commit_collection_errors_and_recipes(home, tmp_pa
         pre_install:
           - echo broken-on-purpose >&2; exit 3
     """))
-    result = build_image(f"{root}@{first}", BuildOptions(recipe=str(failing)))
+    result = build_image(f"{root}@{first}", BuildOptions(recipe=str(failing), **ON_BOOKWORM))
     assert result.error is not None and result.error.stage == "repo"
     assert result.error.reason.startswith("install error: the step exited with 3")
     assert "broken-on-purpose" in Path(result.error.log_path).read_text()
@@ -188,6 +190,59 @@ def test_a_setup_py_that_raises_fails_at_resolve_with_its_error(home, tmp_path):
     (root / "tests").mkdir(parents=True)
     (root / "tests" / "test_x.py").write_text("def test_x():\n    pass\n")
     (root / "setup.py").write_text("raise RuntimeError('this setup.py is broken')\n")
-    result = build_image(str(root))
+    result = build_image(str(root), BuildOptions(**ON_BOOKWORM))
     assert result.error is not None and result.error.stage == "resolve"
     assert "RuntimeError: this setup.py is broken" in result.error.reason
+
+
+def _tiny_project(root: Path, requires: str) -> Path:
+    files = {
+        "pyproject.toml": '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n'
+                          f'[project]\nname = "tiny-new"\nversion = "0.1"\nrequires-python = "{requires}"\n',
+        "tiny_new/__init__.py": "def answer():\n    return 42\n",
+        "tests/test_tiny.py": "import sys\n\nfrom tiny_new import answer\n\n\ndef test_answer():\n"
+                              "    assert answer() == 42\n\n\ndef test_new_python():\n"
+                              "    assert sys.version_info >= (3, 12)\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_a_project_that_needs_python_3_12_builds_on_trixie(home, tmp_path):
+    """The base comes from requires-python: trixie (3.13) is bootstrapped when first needed, then cached."""
+    result = build_image(str(_tiny_project(tmp_path / "tiny", ">=3.12")))
+    assert result.ok, result.error
+    entry = result.entry
+    assert entry.python == "3.13" and entry.base_image == "forager/base:trixie"
+    assert entry.passed == entry.collected == 2
+    with DockerRuntime(entry.tag, "/repo") as rt:
+        assert rt.run_checked("python -c 'import sys; print(sys.version_info[:2])'").strip() == "(3, 13)"
+
+
+def test_no_base_fits_fails_at_detect_and_is_listed(home, tmp_path):
+    source = str(_tiny_project(tmp_path / "future", ">=3.14"))
+    result = build_image(source)
+    assert result.error is not None and result.error.stage == "detect" and result.tag is None
+    assert "requires Python >=3.14, but the bases have 3.9, 3.11, 3.13" in result.error.reason
+    assert "bases: 3.9 (bullseye), 3.11 (bookworm), 3.13 (trixie)" in result.error.reason
+    assert [(f.source, f.stage) for f in Manifest().failures() if f.source == source] == [(source, "detect")]
+    listed = subprocess.run([sys.executable, "-m", "forager", "images", "list"], capture_output=True, text=True,
+                            env={**os.environ, "FORAGER_HOME": str(home)}, check=True).stdout
+    row = next(line for line in listed.splitlines() if source in line)  # not a terminal: no cut at 80 columns
+    assert "detect" in row and "requires Python >=3.14" in row and len(row) > 80
+    forced = build_image(source, BuildOptions(python="3.12"))
+    assert forced.error is not None and "Python 3.12 was asked for, but the bases have 3.9, 3.11, 3.13" \
+        in forced.error.reason
+
+
+def test_python_3_9_is_forced_onto_bullseye(home, tmp_path):
+    """`--python 3.9`: the bullseye base; its old venv pip is replaced by the lock's for the editable install."""
+    result = build_image(str(_tiny_project(tmp_path / "old", ">=3.8")), BuildOptions(python="3.9"))
+    assert result.error is not None and result.entry is not None  # test_new_python fails on 3.9, as it should
+    entry = result.entry
+    assert entry.python == "3.9" and entry.base_image == "forager/base:bullseye"
+    assert entry.baseline["tests/test_tiny.py::test_answer"] == "PASSED"
+    assert entry.baseline["tests/test_tiny.py::test_new_python"] == "FAILED"
+    assert any(r.startswith("pip==") for r in entry.requirements)

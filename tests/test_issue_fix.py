@@ -99,7 +99,7 @@ def calc(tmp_path_factory) -> History:
 @pytest.fixture(scope="module")
 def mined(calc) -> tuple[MineReport, list[tuple[str, str]]]:
     events: list[tuple[str, str]] = []
-    return mine_repository(calc.path, on_event=lambda sha, outcome: events.append((sha, outcome))), events
+    return mine_repository(calc.path, on_event=lambda o: events.append((o.commit, o.outcome))), events
 
 
 # -- mining -----------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_mining_finds_exactly_the_issue_fix_commit(calc, mined):
     assert task.problem_statement == FIX_MESSAGE
     assert task.created_at == "2024-01-02T12:00:00Z"
     assert task.local_repo == str(calc.path.resolve()) and task.image is None
-    assert task.metadata == {"commit": fix, "source": "git-history"}
+    assert task.metadata == {"commit": fix, "source": "git-history", "statement_source": "commit_message"}
     # The fix is the source half of the commit, the tests its other half, and nothing else.
     assert "diff --git a/calc.py b/calc.py" in task.patch and "tests/" not in task.patch
     assert "+    return a / b" in task.patch
@@ -149,10 +149,11 @@ def test_issue_texts_from_a_file_replace_commit_messages(calc, tmp_path):
     as_object.write_text(json.dumps({fix[:8]: "div(1, 2) is 0: it should be 0.5", "0000000": "unrelated"}))
     as_lines = tmp_path / "issues.jsonl"
     as_lines.write_text(json.dumps({"commit": fix, "text": "Division truncates"}) + "\n\n")
-    assert load_issue_texts(as_lines) == {fix: "Division truncates"}
+    assert load_issue_texts(as_lines).by_commit == {fix: "Division truncates"}
 
+    # The tests run here (local), the tasks name the image they will be graded in.
     report = mine_repository(calc.path, MineConfig(issues=load_issue_texts(as_object), max_commits=4,
-                                                   image="calc:latest", workdir="/src"))
+                                                   image="calc:latest", workdir="/src", runtime="local"))
     [task] = report.tasks
     assert task.problem_statement == "div(1, 2) is 0: it should be 0.5"
     assert task.image == "calc:latest" and task.local_repo is None and task.workdir == "/src"
@@ -162,6 +163,15 @@ def test_issue_texts_from_a_file_replace_commit_messages(calc, tmp_path):
 def test_max_tasks_stops_the_walk(calc):
     report = mine_repository(calc.path, MineConfig(max_tasks=0))
     assert report.tasks == [] and report.commits_seen == 0
+
+
+def test_an_interrupted_walk_keeps_the_tasks_found_so_far(calc):
+    def stop_after_the_first_task(outcome):
+        if outcome.outcome == "task":
+            raise KeyboardInterrupt
+
+    report = mine_repository(calc.path, on_event=stop_after_the_first_task)
+    assert report.interrupted and len(report.tasks) == 1
 
 
 def test_a_test_module_that_needs_the_fix_to_import_fails_before_it(tmp_path):

@@ -236,3 +236,111 @@ def test_bad_input():
     assert "flip_everything" in str(error.value)
     with pytest.raises(SyntaxError):
         enumerate_mutations("def f(:\n")
+
+
+TRICKY = '''\
+"""Shapes the windowed check must get right: elif, decorators, shared lines, one-liners, tabs, CRLF-free text."""
+import os, sys
+from json import loads  # é
+
+
+@staticmethod
+def deco(f):
+    return f
+
+
+class A:
+    LIMIT = 3
+
+    @deco
+    def m(self, a, b=1, *, c=2):
+        if a < b:
+            return a + 1
+        elif a > b or c:
+            x = a; y = b < 2
+            return x - y
+        else:
+            while a:
+                a -= 1
+        if b: return not c
+        for i in range(3):
+            if i == 1:
+                break
+        try:
+            z = loads(a)
+        except ValueError:
+            z = -1
+        finally:
+            b = ~b
+        return z
+
+
+def n(limit):
+\tif limit > 2:
+\t\treturn os.sep * 2
+\treturn sys.argv[1]
+
+
+def outer(p, q):
+    def inner(r):
+        return r ** 2
+    s = """a multi-line
+    string""" if p else q
+    return inner(p) // q, divmod(p, q), s
+'''
+
+
+def _reference(text: str, edits) -> tuple[int, int, str, bool] | None:
+    """What a mutation does, found the slow way: the whole file edited, split, diffed and parsed."""
+    from forager.tasks.source_edit import LINE, apply_edits
+
+    mutated = apply_edits(text, edits)
+    if mutated == text:
+        return None
+    old, new = LINE.findall(text), LINE.findall(mutated)
+    limit = min(len(old), len(new))
+    head = next((i for i in range(limit) if old[i] != new[i]), limit)
+    tail = next((i for i in range(limit - head) if old[-1 - i] != new[-1 - i]), limit - head)
+    try:
+        changed = ast.dump(ast.parse(mutated)) != ast.dump(ast.parse(text))
+    except SyntaxError:
+        changed = False
+    return head + 1, max(head + 1, len(old) - tail), mutated, changed
+
+
+@pytest.mark.parametrize("name", ["tricky", "bump.py", "cli.py", "collection.py"])
+def test_the_windowed_check_agrees_with_whole_file_parsing(name):
+    """Enumeration looks at the changed statement only (linear in the module's size); the verdicts and
+    changed lines are those of parsing and diffing the whole mutated file."""
+    from forager.tasks.mutate import _REGISTRY
+    from forager.tasks.source_edit import Source
+    from forager.tasks.source_window import changes_tree, edit_window
+
+    text = TRICKY if name == "tricky" else next(p for p in SAMPLE_FILES if p.name == name).read_text()
+    src = Source(text)
+    checked = 0
+    for operator in OPERATORS:
+        for candidate in _REGISTRY[operator](src):
+            expected = _reference(text, candidate.edits)
+            window = edit_window(src, candidate.edits)
+            if expected is None:
+                assert window is None
+                continue
+            start, end, mutated, changed = expected
+            assert (window.start_line, window.end_line) == (start, end), (operator, candidate.description)
+            head, stop = src.starts[window.head], src.starts[window.stop]
+            assert text[:head] + "".join(window.lines) + text[stop:] == mutated
+            assert changes_tree(src, window) == changed, (operator, candidate.description, mutated)
+            checked += 1
+    assert checked >= (40 if name == "tricky" else 1)
+
+
+def test_mutations_share_the_original_and_keep_only_their_span():
+    mutations = enumerate_mutations(TRICKY)
+    assert len({m.operator for m in mutations}) == len(OPERATORS)
+    for mutation in mutations:
+        assert mutation.original is mutations[0].original  # one string per file, not a copy per mutation
+        start, end, text = mutation.span
+        assert mutation.source == TRICKY[:start] + text + TRICKY[end:]
+        new_lines = mutation.source.splitlines()
+        assert all(new_lines[n - 1] == line for n, line in mutation.mutated_lines.items())

@@ -13,15 +13,18 @@ images_app = typer.Typer(help="Build executable repository images (no registry n
 
 @images_app.command("bootstrap")
 def images_bootstrap(
-    from_registry: bool = typer.Option(False, help="Build FROM python:3.11-slim instead of debootstrap."),
+    suite: str = typer.Option("bookworm", help="Debian suite: bullseye (Python 3.9), bookworm (3.11), trixie (3.13)."),
+    from_registry: bool = typer.Option(False, help="Build FROM python:3.11-slim instead of debootstrap (bookworm)."),
     mirror: str | None = typer.Option(None, help="Debian mirror (default: the one this host's apt uses)."),
     force: bool = typer.Option(False, help="Rebuild even if the image exists."),
 ) -> None:
-    """Build the Debian-based Python base image offline (debootstrap + docker import)."""
-    from forager.images.bootstrap import bootstrap_base_image
+    """Build a Debian-based Python base image offline (debootstrap + docker import); builds do it when needed."""
+    from forager.images.bootstrap import DEBIAN_SUITE, base_alias, bootstrap_base_image
 
-    tag = bootstrap_base_image(docker_engine(), mirror=mirror, from_registry=from_registry, force=force, log=dim)
-    console.print(f"base image: [bold]{tag}[/] (also forager/base:latest)")
+    tag = bootstrap_base_image(docker_engine(), suite=suite, mirror=mirror, from_registry=from_registry, force=force,
+                               log=dim)
+    also = f"{base_alias(suite)}{', forager/base:latest' if suite == DEBIAN_SUITE else ''}"
+    console.print(f"base image: [bold]{tag}[/] (also {also})")
 
 
 @images_app.command("sample")
@@ -38,7 +41,8 @@ def images_build(
     sources: list[str] = typer.Argument(..., help="NAME==VERSION (PyPI sdist), a git URL[@COMMIT], or a directory."),
     recipe: str | None = typer.Option(None, help="Recipe file or name in images/recipes (default: NAME.yaml)."),
     jobs: int = typer.Option(2, "--jobs", "-j", help="Builds at a time."),
-    base: str = typer.Option("forager/base:latest", help="Base image (built by `forager images bootstrap`)."),
+    base: str | None = typer.Option(None, help="Base image (default: the one whose Python the project accepts)."),
+    python: str | None = typer.Option(None, help="Python version (3.9, 3.11, 3.13) instead of requires-python's."),
     min_pass_share: float = typer.Option(0.8, help="Share of the tests that ran that must pass."),
     test_timeout: float = typer.Option(900.0, help="Seconds the whole suite may take when verifying."),
     online: bool = typer.Option(False, help="Install from the package index inside the image, not the wheelhouse."),
@@ -49,7 +53,7 @@ def images_build(
     from forager.images.build import BuildOptions, build_images
     from forager.images.progress import BuildProgress
 
-    options = BuildOptions(recipe=recipe, base=base, online=online, min_pass_share=min_pass_share,
+    options = BuildOptions(recipe=recipe, base=base, python=python, online=online, min_pass_share=min_pass_share,
                            test_timeout=test_timeout, force=force)
     docker_engine().close()  # no engine: say so now, not once per source
     with BuildProgress(sources, console=console) as progress:
@@ -72,26 +76,39 @@ def images_build(
 
 @images_app.command("list")
 def images_list(as_json: bool = typer.Option(False, "--json", help="Print the manifest entries as JSON lines.")) -> None:
-    """The images in the manifest: source, commit, tests collected and passing, size, build time."""
+    """The images in the manifest (source, Python, tests collected and passing, size, build time), then the
+    builds that failed before they had an image."""
+    from rich.console import Console
     from rich.table import Table
 
     from forager.images.manifest import Manifest
 
-    entries = Manifest().entries()
+    manifest = Manifest()
+    entries, failures = manifest.entries(), manifest.failures()
     if as_json:
         for e in entries:
             print(e.model_dump_json(exclude={"tests", "baseline"}))
+        for f in failures:
+            print(json.dumps({"failed_build": True, **f.model_dump(mode="json")}))
         return
-    table = Table("tag", "source", "tests", "passing", "ok", "size", "build")
+    # Piped or redirected, rich would cut the table at 80 columns: lay it out at its natural width instead.
+    out = console if console.is_terminal else Console(width=100_000, soft_wrap=True, highlight=False)
+    table = Table("tag", "source", "python", "tests", "passing", "ok", "size", "build")
     table.columns[0].no_wrap = True
     for e in entries:
-        table.add_row(e.tag, e.source, str(e.collected), f"{e.passed} ({e.pass_share:.0%})",
+        table.add_row(e.tag, e.source, e.python, str(e.collected), f"{e.passed} ({e.pass_share:.0%})",
                       "[green]yes[/]" if e.executable else "[red]no[/]", f"{e.image_size / 1e6:.0f} MB",
                       f"{e.build_s:.0f}s")
-    console.print(table)
+    out.print(table)
     for e in entries:
         if e.failure:
-            console.print(f"[red]{e.tag}[/]: {e.failure} (log: {e.log})")
+            out.print(f"[red]{e.tag}[/]: {e.failure} (log: {e.log})")
+    if failures:
+        failed = Table("failed build", "stage", "reason", "when", "log", title="builds that failed before an image")
+        failed.columns[0].no_wrap = True
+        for f in failures:
+            failed.add_row(f.source, f.stage, f.reason, f.created, f.log)
+        out.print(failed)
 
 
 @images_app.command("verify")

@@ -31,14 +31,16 @@ def tasks_mutate(
     out: Path = typer.Option(..., help="JSONL file to write the tasks to."),
     max_tasks: int = typer.Option(50, "--max", help="Stop after this many valid tasks."),
     workdir: str = typer.Option("/repo", help="Where the repository lives in the image."),
-    repo: str | None = typer.Option(None, help="Repository name for the tasks (default: from the image name)."),
+    repo: str | None = typer.Option(None, help="Project name for the tasks and their statements (default: the "
+                                               "image's `forager.name` label, the distribution's name)."),
     operators: str | None = typer.Option(None, help="Comma-separated operators (default: all)."),
     seed: int = typer.Option(0, help="Seed for the order candidates are tried in."),
     workers: int = typer.Option(1, help="Containers validating in parallel."),
     max_per_function: int = typer.Option(2, help="At most this many tasks per function."),
     extra_pass_to_pass: int = typer.Option(0, help="Also keep this many non-covering passing tests as PASS_TO_PASS."),
     drop_import_errors: bool = typer.Option(False, help="Drop bugs that stop the package from importing."),
-    test_command: str | None = typer.Option(None, help="pytest command (default: Forager's `python -m pytest -rA ...`)."),
+    test_command: str | None = typer.Option(None, help="pytest command (default: the one the image was verified "
+                                                       "with, else its `forager.test_command` label)."),
     test_timeout: float = typer.Option(120.0, help="Seconds per validation run."),
 ) -> None:
     """Generate validated mutate-fix tasks from an image: coverage, AST bugs, covering-test validation."""
@@ -58,7 +60,12 @@ def tasks_mutate(
     client = docker_engine()
     if not image_exists(client, image):
         fail(f"no image {image!r} in the Docker engine: {missing_image_hint(image)}")
-    name = repo or image.split(":")[0].split("/")[-1]
+    from forager.images.manifest import Manifest
+
+    labels = client.images.get(image).labels or {}
+    name = repo or labels.get("forager.name") or image.split(":")[0].split("/")[-1].removeprefix("repo-")
+    built = Manifest().get(image)  # its verified command leaves out test files that do not collect
+    test_command = test_command or (built.test_command if built else None) or labels.get("forager.test_command")
     with make_progress() as progress:
         bar = progress.add_task("coverage run", total=max_tasks, detail="")
 
@@ -81,12 +88,14 @@ def tasks_mutate(
 
 
 def _operator_table(result: Any) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("operator", "tried", "valid", "yield", "no F2P", "imp. err", "timeout")
+    # Narrow columns: the operator names must fit an 80-column terminal whole.
+    table = Table(Column("operator", no_wrap=True), "tried", "valid", "yield", "no F2P", "import", "dup", "t/o",
+                  caption="import: breaks the import; dup: a near-duplicate of a kept task; t/o: timed out")
     for op, s in sorted(result.stats.items()):
         table.add_row(op, str(s.tried), str(s.valid), f"{s.yield_:.0%}", str(s.no_failing_test),
-                      str(s.import_error), str(s.timed_out))
+                      str(s.import_error), str(s.near_duplicate), str(s.timed_out))
     console.print(table)
 
 
@@ -98,7 +107,8 @@ def tasks_validate(
     workers: int = typer.Option(2, help="Tasks graded in parallel."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per task."),
 ) -> None:
-    """Check that each task's reference fix resolves it and the empty patch does not."""
+    """Check that each task's reference fix resolves it, the empty patch does not, and its starting state hides
+    the fix: no git object outside the base history (a leak), no version of a later commit (metadata)."""
     import functools
 
     from forager.runtime.registry import open_runtime
@@ -121,7 +131,8 @@ def tasks_validate(
         if as_json:
             print(json.dumps({"instance_id": check.task.instance_id, "ok": check.ok, "problem": check.problem,
                               "gold_resolved": bool(check.gold and check.gold.resolved),
-                              "empty_resolved": bool(check.empty and check.empty.resolved)}))
+                              "empty_resolved": bool(check.empty and check.empty.resolved),
+                              "leak": check.leak, "metadata": check.metadata}))
         elif not check.ok:
             console.print(f"[red]bad[/] {check.task.instance_id}: {check.problem}")
     good = sum(c.ok for c in checks)
@@ -132,37 +143,80 @@ def tasks_validate(
 
 @tasks_app.command("mine")
 def tasks_mine(
-    repo: Path = typer.Argument(..., help="A local git repository whose history to mine."),
+    repo: Path | None = typer.Argument(None, help="A local git repository whose history to mine (default: the "
+                                                  "repository in --image)."),
     out: Path = typer.Option(..., help="JSONL file to write the tasks to."),
-    issues: Path | None = typer.Option(None, help="Issue texts by commit: a JSON object {sha: text} or JSONL."),
+    image: str | None = typer.Option(None, help="The project's image: the tests run in its containers, and the "
+                                                "tasks name it."),
+    runtime: str | None = typer.Option(None, help="docker, local or module:Class (default: docker with --image)."),
+    test_command: str | None = typer.Option(None, help="pytest command (default: the image's forager.test_command)."),
+    workdir: str | None = typer.Option(None, help="The repository in the image (default: its WORKDIR)."),
+    issues: Path | None = typer.Option(None, help="Issue texts: JSON/JSONL by commit, or by issue number "
+                                                  '({"number": 387, "title": ..., "body": ...}).'),
+    issue_url: str | None = typer.Option(None, help="URL template for linked issues, e.g. "
+                                                    "https://api.github.com/repos/OWNER/NAME/issues/{number}"),
+    report: Path | None = typer.Option(None, help="Per-commit outcomes as JSONL (default: OUT's stem + "
+                                                  ".report.jsonl)."),
     max_tasks: int | None = typer.Option(None, "--max", help="Stop after this many tasks."),
     max_commits: int | None = typer.Option(None, help="Look at this many commits, newest first."),
-    image: str | None = typer.Option(None, help="Image the tasks run in (default: the local repository)."),
     test_timeout: float = typer.Option(300.0, help="Seconds per test run."),
 ) -> None:
-    """Mine issue-fix tasks from commits that change both tests and code."""
+    """Mine issue-fix tasks from commits that change both tests and code, running their tests in the image."""
     from collections import Counter
 
-    from forager.tasks.issue_fix import MineConfig, load_issue_texts, mine_repository
+    from forager.tasks.issue_fix import MineConfig, load_issue_texts, mine_repository, resolve_config
     from forager.tasks.store import write_tasks
 
-    if not (repo / ".git").exists():
-        fail(f"{repo} is not a git repository")
-    config = MineConfig(max_tasks=max_tasks, max_commits=max_commits, image=image, test_timeout=test_timeout,
-                        issues=load_issue_texts(issues) if issues else None)
+    config = resolve_config(repo, MineConfig(
+        max_tasks=max_tasks, max_commits=max_commits, image=image, runtime=runtime, test_command=test_command,
+        workdir=workdir, test_timeout=test_timeout, issue_url=issue_url,
+        issues=load_issue_texts(issues) if issues else None))
     outcomes: Counter[str] = Counter()
     with make_progress() as progress:
         bar = progress.add_task("commits", total=max_commits, detail="")
 
-        def on_event(sha: str, outcome: str) -> None:
-            outcomes[outcome] += 1
-            progress.update(bar, advance=1, detail=f"{outcomes['task']} tasks")
+        def on_event(outcome: Any) -> None:
+            outcomes[outcome.outcome] += 1
+            progress.update(bar, advance=1, detail=f"{outcomes['task']} tasks, {outcome.duration_s:.1f}s last")
 
-        report = mine_repository(repo, config, on_event=on_event)
-    write_tasks(report.tasks, out)
-    rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(report.rejected.items()))
-    console.print(f"wrote {len(report.tasks)} tasks to {out} from {report.commits_seen} commits"
-                  + (f" (rejected: {rejected})" if rejected else ""))
+        result = mine_repository(repo, config, on_event=on_event)
+    write_tasks(result.tasks, out)
+    report_path = result.write_jsonl(report or out.with_name(out.stem + ".report.jsonl"))
+    _commit_table(result)
+    if result.interrupted:
+        console.print("[yellow]interrupted: the tasks found so far are written[/]")
+    console.print(f"wrote [bold]{len(result.tasks)}[/] tasks to {out} from {result.commits_seen} commits "
+                  f"({result.candidates} ran their tests in {result.runtime}); per-commit report: {report_path}")
+    if result.tasks:
+        n = result.from_commit_messages
+        console.print(f"statements: {len(result.tasks) - n} from linked issues, {n} the commit message"
+                      + ("" if not n else " (no linked issue text: --issues or --issue-url)"))
+    else:
+        console.print(f"[yellow]{result.why_no_tasks()}[/]")
+    for note in list(dict.fromkeys(result.issue_notes))[:5]:
+        console.print(f"[yellow]issue text not used:[/] {note}")
+
+
+def _commit_table(result: Any, max_rows: int = 60) -> None:
+    """The commits whose tests ran, one row each, then the count of every outcome."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    ran = [o for o in result.outcomes if o.ran_tests]
+    table = Table("commit", "subject", "outcome", "detail", "time")
+    for o in ran[:max_rows]:
+        colour = "green" if o.outcome == "task" else "red"
+        table.add_row(o.commit[:10], o.subject[:48], f"[{colour}]{o.outcome}[/]", o.detail[:90], f"{o.duration_s:.1f}s")
+    if len(ran) > max_rows:
+        table.add_row("...", f"{len(ran) - max_rows} more in the report", "", "", "")
+    if ran:
+        console.print(table)
+    counts = Table("outcome", "commits", "example")
+    for reason, n in Counter(o.outcome for o in result.outcomes).most_common():
+        example = next((o.detail for o in result.outcomes if o.outcome == reason and o.detail), "")
+        counts.add_row(reason, str(n), example[:100])
+    console.print(counts)
 
 
 @tasks_app.command("import")

@@ -10,8 +10,9 @@ to run it, one result type:
   parent decides each status from pytest's report AND the guard's own observation of the call),
   and a run counts as complete only when the parent printed its end marker with the request's
   nonce, which it prints only when the child ended normally after its last record.
-- `serve()` + `run(tests)`: a fork server that imports pytest once; each run is a forked child.
-  What mutation validation uses, where pytest's start-up would otherwise dominate.
+- `serve()` + `run(tests)`: a fork server (`fork_server.py`) that imports pytest and its plugins
+  once, and can keep compiled modules between runs; each run is a forked child. What mutation
+  validation uses, where pytest's start-up would otherwise dominate. Never for grading.
 - `coverage()`: the whole suite once, with one coverage.py context per test.
 
 The modules: `command` (the task's pytest command and the runner's shell command), `pytest_harness`

@@ -16,6 +16,8 @@ from forager.runtime.base import ShellRuntime, bash_quote
 RUNNER = Path(__file__).with_name("runner.py")
 GUARD = Path(__file__).with_name("guard.py")
 """Copied next to the runner as `forager_guard.py`: the child's audit hook and pytest plugin."""
+FORK_SERVER = Path(__file__).with_name("fork_server.py")
+"""Copied next to the runner as `forager_fork_server.py` when the fork server starts."""
 
 
 class PytestHarness:
@@ -32,6 +34,8 @@ class PytestHarness:
         self._dir: str | None = None
         self._fifo: str | None = None
         self._server_pid = 0
+        self.last_cpu_s: float | None = None
+        """CPU seconds of the last run through the fork server (its child's own, whatever else ran)."""
 
     # -- set-up ----------------------------------------------------------------------------------
     def tools_dir(self) -> str:
@@ -60,15 +64,16 @@ class PytestHarness:
     # -- running -----------------------------------------------------------------------------------
     def run(
         self, tests: Sequence[str], timeout: float, *, hardened: bool = False, suite: bool = False,
-        guard: dict | None = None,
+        guard: dict | None = None, changed: Sequence[str] = (),
     ) -> TestRun:
         """Run `tests` (node ids) once and read their statuses; `suite=True` runs the whole suite instead
         (no node ids on the command line) and reads the statuses of `tests` from its report.
 
         The run is a child process under the guard (`guard.py`); `guard` tells it what the agent
-        changed: `agent_lines` ({path: [added line numbers]}), `agent_files` and `test_patterns`."""
+        changed: `agent_lines` ({path: [added line numbers]}), `agent_files` and `test_patterns`.
+        Through the fork server, `changed` names the files written since its last run (see `serve`)."""
         if self._fifo and not hardened and not suite:
-            return self._run_served(tests, timeout)
+            return self._run_served(tests, timeout, changed)
         # A one-shot directory with a random name and a runner that deletes itself once it has read
         # the request; set up, run and cleaned up in one round trip.
         work = self.runtime.scratch_path(secrets.token_hex(8))
@@ -109,12 +114,19 @@ class PytestHarness:
         return run_coverage(self, timeout)
 
     # -- the fork server -------------------------------------------------------------------------
-    def serve(self, timeout: float = 60.0) -> None:
-        """Start the fork server (a background job of the runtime's shell); later `run`s go through it."""
+    def serve(self, timeout: float = 60.0, *, bytecode_cache: bool = False) -> None:
+        """Start the fork server (a background job of the runtime's shell); later `run`s go through it.
+
+        With `bytecode_cache`, its children keep compiled modules in the tools directory, so each run
+        compiles only what changed; every later `run` must then name in `changed` the files written
+        since the run before (they get a new mtime, so no stale compiled file is ever trusted)."""
         if self._fifo:
             return
-        fifo, log = f"{self.tools_dir()}/server", f"{self.tools_dir()}/server.log"
-        command = self.runner_command("serve", {"fifo": fifo, "cwd": self.runtime.workdir}, log=log)
+        tools = self.tools_dir()
+        fifo, log = f"{tools}/server", f"{tools}/server.log"
+        self.runtime.write_file(f"{tools}/forager_fork_server.py", FORK_SERVER.read_text())
+        request = {"fifo": fifo, "cwd": self.runtime.workdir, "pycache": f"{tools}/pycache" if bytecode_cache else None}
+        command = self.runner_command("serve", request, log=log)
         self.runtime.session.run(f"(\n{command}\n) &", 30, internal=True)
         wait = self.runtime.session.run(
             f"(for i in $(seq 1 {int(timeout * 20)}); do grep -q FORAGER-SERVING {bash_quote(log)} 2>/dev/null "
@@ -132,11 +144,12 @@ class PytestHarness:
                              f"kill {self._server_pid}", 30)
             self._fifo = None
 
-    def _run_served(self, tests: Sequence[str], timeout: float) -> TestRun:
+    def _run_served(self, tests: Sequence[str], timeout: float, changed: Sequence[str] = ()) -> TestRun:
         """One round trip: send the request, wait for the reply, print the report and the log."""
         work = f"{self.tools_dir()}/run-{secrets.token_hex(4)}"
         junit, log = f"{work}.xml", f"{work}.log"
-        request = {"args": [*self.command.args, *tests], "junit": junit, "log": log, "timeout": timeout}
+        request = {"args": [*self.command.args, *tests], "junit": junit, "log": log, "timeout": timeout,
+                   "changed": list(changed)}
         sep = f"@@FORAGER-{secrets.token_hex(6)}@@"
         fifo = bash_quote(self._fifo or "")
         obs = self.runtime.session.run(
@@ -155,4 +168,5 @@ class PytestHarness:
             self._fifo = None  # the server is gone: fall back to one process per run
             return self.run(tests, timeout)
         complete = not reply["timed_out"] and reply["rc"] >= 0
+        self.last_cpu_s = reply.get("cpu")
         return run_result(tests, xml, text, reply["rc"], complete, reply["timed_out"], reply["duration"])

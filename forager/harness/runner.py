@@ -11,7 +11,8 @@ that an image holds, so it uses no Forager code (`forager_guard.py` beside it is
               and prints an end marker with the nonce, the exit code and the statuses (JSON) only
               when the child ended normally after its last record;
     coverage  the same, recording which lines each test executes (coverage.py dynamic contexts);
-    serve     a fork server: import pytest once, then run each request in a forked child.
+    serve     a fork server (`forager_fork_server.py` beside it): import pytest and its plugins once,
+              then run each request in a forked child.
 
 A request names everything in stdin, never in argv: code under test can read `sys.argv`, and the
 grader's report path and nonce must stay out of its reach.
@@ -23,10 +24,9 @@ import hmac
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
-import time
+import warnings
 
 
 def _prepare_sys_path(cwd):
@@ -45,18 +45,31 @@ class _Coverage:
     """Per-test line coverage: one coverage.py context per test node id."""
 
     def __init__(self, source, out):
+        try:  # per-test contexts need a tracer core (sys.monitoring's loses them): the C one when it is there
+            import coverage.tracer  # noqa: F401
+
+            os.environ["COVERAGE_CORE"] = "ctrace"
+        except ImportError:
+            os.environ["COVERAGE_CORE"] = "pytrace"
         import coverage
 
         self.out = out
         self.cov = coverage.Coverage(data_file=None, source=[source], config_file=False)
-        self.cov.start()
+        self._quietly(self.cov.start)
+
+    @staticmethod
+    def _quietly(call, *args):
+        """A project's `filterwarnings = error` must not turn coverage's own warnings into errors."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            call(*args)
 
     def pytest_runtest_protocol(self, item, nextitem):  # noqa: ARG002 - pytest hook signature
-        self.cov.switch_context(item.nodeid)
+        self._quietly(self.cov.switch_context, item.nodeid)
 
     def pytest_sessionfinish(self, session, exitstatus):  # noqa: ARG002
-        self.cov.switch_context("")
-        self.cov.stop()
+        self._quietly(self.cov.switch_context, "")
+        self._quietly(self.cov.stop)
         data = self.cov.get_data()
         ids, files = {}, {}
         for path in data.measured_files():
@@ -87,6 +100,36 @@ class _Statuses:
             item.user_properties.append(("forager_status", "XPASS"))
 
 
+class _OwnRun:
+    """Keeps plugins that would take the run elsewhere out of the way, whatever enables them (`addopts`,
+    pytest-enabler): pytest-cov's coverage (a second tracer pauses Forager's, so coverage mode saw no
+    line, and it slows every run) and pytest-xdist's workers (tests outside this process). It sets the
+    options they read: `--no-cov` or `-p no:xdist` would be errors where the plugin is missing, or
+    where `addopts` passes its options."""
+
+    def __init__(self):
+        import pytest
+
+        wrapper = pytest.hookimpl(hookwrapper=True)
+        self.pytest_load_initial_conftests = wrapper(self._initial_conftests)
+        self.pytest_cmdline_main = wrapper(self._cmdline_main)
+
+    @staticmethod
+    def _initial_conftests(early_config, parser, args):  # noqa: ARG004 - pytest hook signature
+        namespace = early_config.known_args_namespace
+        if hasattr(namespace, "no_cov"):  # pytest-cov registered its options
+            namespace.no_cov = True
+        yield
+
+    @staticmethod
+    def _cmdline_main(config):
+        option = config.option
+        if hasattr(option, "numprocesses"):  # pytest-xdist registered its options: `-n`, `--dist`, `--tx`
+            option.numprocesses, option.maxprocesses, option.tx = None, None, []
+            option.dist, option.distload = "no", False
+        yield
+
+
 def _pytest_args(request):
     args = list(request["args"])
     if request.get("junit"):
@@ -100,7 +143,7 @@ def _run(request, coverage=False):
     _prepare_sys_path(cwd)
     import pytest
 
-    plugins = [_Statuses()] + ([_Coverage(cwd, request["coverage_out"])] if coverage else [])
+    plugins = [_Statuses(), _OwnRun()] + ([_Coverage(cwd, request["coverage_out"])] if coverage else [])
     rc = int(pytest.main(_pytest_args(request), plugins=plugins))
     # Reached only when pytest returned: os._exit in code under test, a crash or a kill skip it.
     # The report travels in the output right away, so nothing that runs later (an atexit hook of
@@ -118,99 +161,19 @@ def _run(request, coverage=False):
 
 
 def _serve(request):
-    """Fork server. Requests arrive as JSON lines on a FIFO, replies leave on another: the shell talks
-    to it with builtins alone, so a run costs no extra process start."""
-    cwd = request["cwd"]
-    os.chdir(cwd)
-    import importlib
+    """The fork server (`fork_server.py`, copied beside this file): mutate-fix validation, never grading."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
+    import forager_fork_server
 
-    import pytest  # noqa: F401  (the point of the server: imported once)
-    from _pytest.config import default_plugins
+    sys.path.remove(here)
 
-    for name in default_plugins:  # the builtin plugins every child would import again
-        try:
-            importlib.import_module("_pytest." + name)
-        except ImportError:
-            pass
-    parent = os.getppid()
-    inbox, outbox = request["fifo"] + ".in", request["fifo"] + ".out"
-    for path in (inbox, outbox):
-        if not os.path.exists(path):
-            os.mkfifo(path, 0o600)
-    # Opened read-write, the inbox always has a writer (us): no EOF between clients, and select works.
-    fd = os.open(inbox, os.O_RDWR)
-    sys.stdout.write("FORAGER-SERVING %d\n" % os.getpid())
-    sys.stdout.flush()
-    pending = b""
-    while os.getppid() == parent and os.path.exists(inbox):
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if not ready:
-            continue
-        pending += os.read(fd, 65536)
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            reply = json.dumps(_serve_one(json.loads(line), cwd)) + "\n"
-            _reply(outbox, reply.encode())
+    def run_pytest(request, plugins):
+        import pytest
 
+        return pytest.main(_pytest_args(request), plugins=[_Statuses(), _OwnRun(), *plugins])
 
-def _reply(path, data, patience=10.0):
-    """Hand a reply to the waiting shell; give up if nobody reads (the client was killed)."""
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            out = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.001)
-    try:
-        os.set_blocking(out, True)
-        os.write(out, data)
-    finally:
-        os.close(out)
-
-
-def _serve_one(request, cwd):
-    started = time.monotonic()
-    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    pid = os.fork()
-    if pid == 0:  # the child: one pytest session, then exit without running the parent's atexit hooks
-        try:
-            os.setsid()
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            sys.path.insert(0, cwd)
-            import pytest
-
-            rc = pytest.main(_pytest_args(request), plugins=[_Statuses()])
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(int(rc))
-        except BaseException:  # noqa: BLE001 - anything here must end the child, not the server
-            import traceback
-
-            traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(70)
-    os.close(log)
-    deadline = started + float(request.get("timeout") or 1e9)
-    timed_out, status = False, None
-    while status is None:
-        done, raw = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = raw
-        elif time.monotonic() > deadline:
-            timed_out = True
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            _, status = os.waitpid(pid, 0)
-        else:
-            time.sleep(0.002)
-    rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
-    return {"rc": rc, "timed_out": timed_out, "duration": time.monotonic() - started}
+    forager_fork_server.serve(request, run_pytest)
 
 
 def _undumpable():
@@ -386,7 +349,9 @@ def _child(request):
     guard = forager_guard.Guard(request, fd, key)
     del key, request["sources"]
     sys.addaudithook(guard.audit)
-    rc = int(pytest.main(request["args"], plugins=[guard]))
+    # _OwnRun: a project's pytest-cov (`--cov-fail-under` would fail a run whose tests all pass) and
+    # pytest-xdist (its workers run the tests where the guard does not look) stay out of the grade.
+    rc = int(pytest.main(request["args"], plugins=[guard, _OwnRun()]))
     guard.emit({"t": "done", "rc": rc})
     sys.stdout.flush()
     sys.stderr.flush()

@@ -1,17 +1,22 @@
 """Base images without a registry: debootstrap a Debian root file system and `docker import` it.
 
-Where a registry answers, `from_registry=True` builds the same image from `python:3.x-slim`.
-Tags are hashes of the inputs, so an unchanged recipe never rebuilds.
+One base per Debian suite, each with that suite's Python: bullseye (3.9), bookworm (3.11, the default,
+also `forager/base:latest`), trixie (3.13). A build picks one from the project's `requires-python`
+and bootstraps it only when first needed. Where a registry answers, `from_registry=True` builds the
+bookworm base from `python:3.11-slim`. Tags are hashes of the inputs, so an unchanged recipe never rebuilds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -25,6 +30,9 @@ from forager.runtime.docker import image_exists
 
 BASE_REPOSITORY = "forager/base"
 DEBIAN_SUITE = "bookworm"
+"""The default suite: `forager/base:latest` (the sample image's base) is its base image."""
+SUITE_PYTHONS = {"bullseye": "3.9.2", "bookworm": "3.11.2", "trixie": "3.13.5"}
+"""Each suite's python3, so a build can choose its base before bootstrapping it; the base's probe checks it."""
 BASE_PACKAGES = ["python3", "python3-venv", "python3-pip", "git", "ca-certificates", "procps", "patch", "passwd"]
 # What an image needs at run time but not its size: docs, manuals, package caches.
 STRIP_PATHS = ["var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"]
@@ -50,25 +58,78 @@ def host_debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def base_image_tag(mirror: str | None = None, from_registry: bool = False) -> str:
+def suite_for_python(python: str) -> str:
+    """The suite whose Python is `python` (`3.9` or `3.9.2`); BootstrapError naming the available ones otherwise."""
+    minor = ".".join(python.split(".")[:2])
+    for suite, version in SUITE_PYTHONS.items():
+        if version.startswith(minor + ".") and (python == minor or version == python):
+            return suite
+    raise BootstrapError(f"no base image has Python {python}; available: {available_pythons()}")
+
+
+def available_pythons() -> str:
+    """`3.9 (bullseye), 3.11 (bookworm), 3.13 (trixie)`: for messages."""
+    return ", ".join(f"{'.'.join(v.split('.')[:2])} ({suite})" for suite, v in SUITE_PYTHONS.items())
+
+
+def base_alias(suite: str) -> str:
+    """The moving tag of a suite's current base image (`forager/base:trixie`)."""
+    return f"{BASE_REPOSITORY}:{suite}"
+
+
+def base_image_tag(mirror: str | None = None, from_registry: bool = False, suite: str = DEBIAN_SUITE) -> str:
+    """The content tag of a suite's base image (bookworm's is the same as before suites were added)."""
     recipe = {
-        "suite": DEBIAN_SUITE, "packages": BASE_PACKAGES, "strip": STRIP_PATHS, "changes": IMAGE_CHANGES,
+        "suite": suite, "packages": BASE_PACKAGES, "strip": STRIP_PATHS, "changes": IMAGE_CHANGES,
         "version": RECIPE_VERSION,
         "source": asset("base-registry.Dockerfile").read_text() if from_registry else "debootstrap",
     }
     digest = content_digest(recipe)
-    return f"{BASE_REPOSITORY}:{DEBIAN_SUITE}-{'registry-' if from_registry else ''}{digest}"
+    return f"{BASE_REPOSITORY}:{suite}-{'registry-' if from_registry else ''}{digest}"
 
 
 def bootstrap_base_image(
-    client: docker.DockerClient, *, mirror: str | None = None, from_registry: bool = False,
-    force: bool = False, log=print,
+    client: docker.DockerClient, *, suite: str = DEBIAN_SUITE, mirror: str | None = None,
+    from_registry: bool = False, force: bool = False, log=print,
 ) -> str:
-    """Build (or find) the base image and return its tag; `forager/base:latest` points at it too."""
-    tag = base_image_tag(from_registry=from_registry)
-    if image_exists(client, tag) and not force:
-        client.images.get(tag).tag(BASE_REPOSITORY, "latest")
-        return tag
+    """Build (or find) a suite's base image and return its tag; `forager/base:SUITE` points at it too,
+    and `forager/base:latest` at bookworm's.
+
+    One bootstrap of a suite at a time, across threads and processes: the others wait and find it built.
+    """
+    if suite not in SUITE_PYTHONS:
+        raise BootstrapError(f"no base image recipe for the suite {suite!r}; known: {', '.join(SUITE_PYTHONS)}")
+    if from_registry and suite != DEBIAN_SUITE:
+        raise BootstrapError(f"--from-registry builds only the {DEBIAN_SUITE} base; {suite} needs debootstrap")
+    tag = base_image_tag(from_registry=from_registry, suite=suite)
+    with _suite_lock(suite):
+        if not image_exists(client, tag) or force:
+            _build_base(client, tag, suite, mirror, from_registry, log)
+        _alias_base(client, tag, suite)
+    return tag
+
+
+def _alias_base(client: docker.DockerClient, tag: str, suite: str) -> None:
+    image = client.images.get(tag)
+    image.tag(BASE_REPOSITORY, suite)
+    if suite == DEBIAN_SUITE:
+        image.tag(BASE_REPOSITORY, "latest")
+
+
+@contextlib.contextmanager
+def _suite_lock(suite: str) -> Iterator[None]:
+    path = forager_home() / "images" / "bases" / f"{suite}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_base(client: docker.DockerClient, tag: str, suite: str, mirror: str | None, from_registry: bool,
+                log) -> None:
     if from_registry:
         log(f"building {tag} from python:3.11-slim")
         dockerfile = io.BytesIO(asset("base-registry.Dockerfile").read_bytes())  # it copies nothing in
@@ -77,12 +138,10 @@ def bootstrap_base_image(
         except docker.errors.DockerException as err:
             raise BootstrapError(f"could not build {tag} from the registry: {err}") from err
     else:
-        _debootstrap_and_import(client, tag, mirror or host_debian_mirror(), log)
-    client.images.get(tag).tag(BASE_REPOSITORY, "latest")
-    return tag
+        _debootstrap_and_import(client, tag, suite, mirror or host_debian_mirror(), log)
 
 
-def _debootstrap_and_import(client: docker.DockerClient, tag: str, mirror: str, log) -> None:
+def _debootstrap_and_import(client: docker.DockerClient, tag: str, suite: str, mirror: str, log) -> None:
     if shutil.which("debootstrap") is None:
         raise BootstrapError(
             "debootstrap is not installed. Install it (`apt-get install debootstrap`), or build the base "
@@ -93,8 +152,8 @@ def _debootstrap_and_import(client: docker.DockerClient, tag: str, mirror: str, 
     work = Path(tempfile.mkdtemp(prefix="forager-bootstrap-", dir=forager_home()))
     try:
         root = work / "root"
-        log(f"debootstrap {DEBIAN_SUITE} from {mirror} (about a minute)")
-        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE, str(root), mirror]
+        log(f"debootstrap {suite} from {mirror} (a few minutes)")
+        cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", suite, str(root), mirror]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             log_file = work.with_suffix(".log")

@@ -32,6 +32,7 @@ import docker.errors
 from forager.core import DEFAULT_TEST_COMMAND, ForagerError
 from forager.files import content_digest
 from forager.home import forager_home
+from forager.images.bases import choose_base
 from forager.images.detect import InstallPlan, detect_install
 from forager.images.manifest import ImageBuildError, Manifest, ManifestEntry
 from forager.images.resolve import Lock, Target, ensure_lock_wheelhouse, resolve_lock
@@ -44,7 +45,6 @@ from forager.images.layers import (
     WORKDIR,
     commit_layer,
     env_script,
-    probe_base,
     repo_script,
     test_command_for,
 )
@@ -63,7 +63,10 @@ StageCallback = Callable[[str, str, str], None]
 class BuildOptions:
     recipe: str | None = None
     """A recipe (path or name in images/recipes) for every source; default: images/recipes/NAME.yaml if any."""
-    base: str = BASE_IMAGE
+    base: str | None = None
+    """The base image for every source; default: the base whose Python the project accepts (forager.images.bases)."""
+    python: str | None = None
+    """The Python (`3.9`) for every source, instead of the one chosen from `requires-python`."""
     online: bool = False
     """Install the environment from the package index inside the image instead of the host's wheelhouse."""
     min_pass_share: float = 0.8
@@ -121,6 +124,7 @@ def build_image(source: str | ImageSpec, options: BuildOptions | None = None,
     finally:
         result.build_s = time.monotonic() - started
         result.stage_s = build.stage_s
+        Manifest().record_build(text, result.error, result.entry is not None, result.tag, str(log_path))
         if result.error:
             build.log(f"FAILED at {result.error.stage}: {result.error.reason}")
             build.notify("failed", f"{result.error.stage}: {result.error.reason}")
@@ -200,8 +204,7 @@ class _Build:
         env_tag = f"{ENV_REPOSITORY}:" + content_digest({"base": plan.base_id, "pins": lock.pins,
                                                           "script": env_layer_script})
         repo_layer_script = repo_script(plan.recipe, plan.build_env)
-        tag = f"{REPO_PREFIX}{plan.name}:" + content_digest({
-            "env": env_tag, "commit": fetched.commit, "script": repo_layer_script, "env_vars": plan.build_env})
+        tag = repo_tag(plan.name, env_tag, fetched, repo_layer_script, plan.build_env)
         result.tag = tag
         labels = {"forager": "1", "forager.name": plan.name, "forager.version": plan.version or "",
                   "forager.source": spec.source, "forager.source_kind": spec.kind,
@@ -238,14 +241,21 @@ class _Build:
         if not install.has_tests and not recipe.test_command:
             raise ImageBuildError("detect", "no tests collected: the source has no test files (test_*.py, *_test.py); "
                                   "a source release may leave them out: build from the git repository instead")
-        base = recipe.base or self.options.base
-        base_id, target = probe_base(client, base)
-        if recipe.python and recipe.python != target.python:
-            raise ImageBuildError("detect", f"the recipe asks for Python {recipe.python}, but {base} has "
-                                  f"{target.python}: set `base` to an image with that Python, or drop `python`")
+        if install.missing_test_support and not recipe.test_command:
+            raise ImageBuildError("detect", install.missing_test_support)
+        chosen = choose_base(client, fetched.root, install, base=recipe.base or self.options.base,
+                             python=recipe.python or self.options.python, log=self.log,
+                             on_bootstrap=lambda suite: self.enter("base", suite))
+        base, base_id, target = chosen.base, chosen.base_id, chosen.target
+        if chosen.install is not install:
+            install = chosen.install
+            if recipe.extras is not None:
+                install.extras = list(recipe.extras)
+            self.log("install plan for the base's Python: " + install.model_dump_json(indent=1))
         build_env = {"SETUPTOOLS_SCM_PRETEND_VERSION": version} if install.vcs_version and version else {}
         build_env.update(recipe.env)
-        return _Plan(install, name, version, recipe, base, base_id, target, build_env, test_command_for(recipe))
+        return _Plan(install, name, version, recipe, base, base_id, target, build_env,
+                     test_command_for(recipe, install))
 
     def _verify(self, client: docker.DockerClient, tag: str, labels: dict[str, str], plan: _Plan, lock: Lock,
                 fetched: FetchedSource, repo_cached: bool, result: BuildResult) -> None:
@@ -300,6 +310,14 @@ class _Build:
                    'CMD ["bash"]']
         commit_layer(client, env_tag, tag, script, files, changes, {**labels, "forager.kind": "repo"},
                      network=False, stage="repo", log_file=self.log_file, timeout=self.options.layer_timeout)
+
+
+def repo_tag(name: str, env_tag: str, fetched: FetchedSource, script: str, build_env: dict[str, str]) -> str:
+    """The repo layer's tag: its parent, the commit, what the `.git` holds (two copies of one commit can
+    hold different objects, a later fix among them), its script and the build's variables."""
+    return f"{REPO_PREFIX}{name}:" + content_digest({"env": env_tag, "commit": fetched.commit,
+                                                     "git": fetched.git_digest, "script": script,
+                                                     "env_vars": build_env})
 
 
 def verify_tag(tag: str, min_pass_share: float | None = None, timeout: float = 900.0, log=print) -> ManifestEntry:

@@ -1,4 +1,5 @@
-"""An install plan read from a project's files: build backend, test extras and requirements, pytest plugins.
+"""An install plan read from a project's files: its Python, build backend, test extras and requirements,
+pytest plugins, the test environment's variables and options.
 
 Nothing here runs the project's code: `setup.py` is read as an AST, tox and nox files as text. What
 cannot be known statically (dependencies computed in `setup.py`) is left to pip, which resolves the
@@ -14,15 +15,27 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from forager.images.bootstrap import SUITE_PYTHONS
 from forager.images.metadata import (
     lines_of,
     literal_version,
-    pkg_info_version,
+    pkg_info_fields,
     read_ini,
+    read_requirements,
     read_toml,
     setup_py_keywords,
     text_or_none,
 )
+from forager.images.pythons import choose_python
+from forager.images.testsuite import (
+    lint_plugin_args,
+    missing_test_support,
+    plugins_needed,
+    pytest_settings,
+    test_imports,
+    unittest_warning_args,
+)
+from forager.images.tox import tox_config, tox_env
 
 TEST_NAMES = ("test", "tests", "testing")
 DEV_NAMES = ("dev", "develop", "development")
@@ -38,17 +51,6 @@ NOT_FOR_TESTS = re.compile(
     r"docutils|restructuredtext-lint|pyroma|zest\.releaser|wheel|setuptools|coveralls|pydocstyle|doc8)$"
 )
 EDITABLE_REQUIRES = {"setuptools": "wheel", "hatchling": "editables"}
-# pytest options (from addopts) and the plugins that provide them.
-ADDOPT_PLUGINS = {
-    "--cov": "pytest-cov", "--no-cov": "pytest-cov", "-n": "pytest-xdist", "--numprocesses": "pytest-xdist",
-    "--dist": "pytest-xdist", "--timeout": "pytest-timeout", "--benchmark": "pytest-benchmark",
-    "--hypothesis": "hypothesis", "--mypy": "pytest-mypy", "--reruns": "pytest-rerunfailures",
-    "--forked": "pytest-forked", "--randomly": "pytest-randomly", "--doctest-rst": "pytest-doctestplus",
-    "--doctest-plus": "pytest-doctestplus", "--asyncio-mode": "pytest-asyncio",
-}
-INI_PLUGINS = {"asyncio_mode": "pytest-asyncio", "timeout": "pytest-timeout",
-               "mock_use_standalone_module": "pytest-mock",
-               "django_find_project": "pytest-django", "DJANGO_SETTINGS_MODULE": "pytest-django"}
 
 
 class InstallPlan(BaseModel):
@@ -60,6 +62,9 @@ class InstallPlan(BaseModel):
     build_backend: str = LEGACY_BACKEND
     build_requires: list[str] = Field(default_factory=lambda: ["setuptools>=64", "wheel"])
     requires_python: str | None = None
+    classifiers: list[str] = Field(default_factory=list)
+    python: str | None = None
+    """The base Python chosen for the project (`3.13.5`); None when no base fits (`notes` says why)."""
     dependencies: list[str] | None = None
     """The project's own requirements when declared statically (None: only its build can tell)."""
     extras: list[str] = Field(default_factory=list)
@@ -69,23 +74,34 @@ class InstallPlan(BaseModel):
     vcs_version: bool = False
     """The build takes its version from git tags (setuptools-scm, hatch-vcs, ...)."""
     has_tests: bool = False
+    pytest_args: list[str] = Field(default_factory=list)
+    """Options for the test command: lint plugins blocked (`-p no:ruff`), their addopts flags dropped."""
+    test_env: dict[str, str] = Field(default_factory=dict)
+    """Variables the tests run with (tox's setenv for the image's environment)."""
+    missing_test_support: str | None = None
+    """Why most test files cannot import: modules of the test tree that a source release left out."""
     notes: list[str] = Field(default_factory=list)
 
 
-def detect_install(root: Path) -> InstallPlan:
-    """Read `root`'s packaging and test files into an install plan."""
+def detect_install(root: Path, available: list[str] | None = None, python: str | None = None) -> InstallPlan:
+    """Read `root`'s packaging and test files into an install plan for one of the `available` Pythons
+    (exact versions; default: the base images'), or `python` when given."""
     plan = InstallPlan()
     pyproject = read_toml(root / "pyproject.toml")
     setup_cfg = read_ini(root / "setup.cfg")
     setup_py = setup_py_keywords(root / "setup.py")
     extras_available = _from_pyproject(plan, pyproject)
     if setup_cfg is not None:
-        extras_available |= _from_setup_cfg(plan, setup_cfg, pyproject is not None)
+        extras_available.update(_from_setup_cfg(plan, setup_cfg, pyproject is not None))
     if setup_py is not None:
-        extras_available |= _from_setup_py(plan, setup_py)
-    plan.version = plan.version or pkg_info_version(root / "PKG-INFO")
+        extras_available.update(_from_setup_py(plan, setup_py))
+    pkg_info = pkg_info_fields(root / "PKG-INFO")  # an sdist's: what a computed setup.py said
+    plan.version = plan.version or next(iter(pkg_info.get("Version", [])), None)
+    plan.requires_python = plan.requires_python or next(iter(pkg_info.get("Requires-Python", [])), None)
+    plan.classifiers = plan.classifiers or pkg_info.get("Classifier", [])
+    _choose_python(plan, available or list(SUITE_PYTHONS.values()), python)
 
-    chosen = _pick(extras_available)
+    chosen = _pick(set(extras_available))
     if chosen:
         plan.extras = chosen
         plan.notes.append(f"extras {', '.join(chosen)} (of {', '.join(sorted(extras_available))})")
@@ -94,17 +110,60 @@ def detect_install(root: Path) -> InstallPlan:
     _requirement_files(plan, root)
     _tox(plan, root, setup_cfg, pyproject)
     _nox(plan, root)
-    _pytest_plugins(plan, root, setup_cfg, pyproject)
+    settings = pytest_settings(root, setup_cfg, pyproject)
+    have = {_req_name(r) for r in plan.test_requirements}
+    _add(plan, [p for p in plugins_needed(settings) if _req_name(p) not in have], "the pytest configuration")
+    addopts = settings.get("addopts", "")
+    extras_reqs = [r for extra in plan.extras for r in extras_available.get(extra, [])]
+    _imported_by_tests(plan, root, pyproject, extras_available, extras_reqs)
+    plan.pytest_args = lint_plugin_args({_req_name(r) for r in [*plan.test_requirements, *extras_reqs]}, addopts)
+    plan.pytest_args += unittest_warning_args(root)
     _settle(plan)
     plan.has_tests = _has_tests(root)
+    _test_support(plan, root)
     return plan
 
 
+def _imported_by_tests(plan: InstallPlan, root: Path, pyproject: dict | None, extras: dict[str, list[str]],
+                       picked: list[str]) -> None:
+    """What the tests import that the project declares only in a group or extra not picked (urllib3's
+    conftest imports trustme, which only its `dev` group lists): added, as declared."""
+    groups = (pyproject or {}).get("dependency-groups", {})
+    testing = re.compile(r"test|dev|ci\b|check", re.IGNORECASE)  # not docs, typing, a platform's own (emscripten)
+    declared: dict[str, str] = {}
+    for requirement in [*(r for g in groups if testing.search(g) for r in _expand_group(groups, g, set())),
+                        *(r for name, reqs in extras.items() if testing.search(name) for r in reqs)]:
+        declared.setdefault(_req_name(requirement), requirement)
+    have = {_req_name(r) for r in [*plan.test_requirements, *picked, *(plan.dependencies or []), plan.name or ""]}
+    wanted = [declared[m] for m in sorted(test_imports(root)) if m in declared and m not in have]
+    _add(plan, wanted, "imports of the tests, declared in other groups or extras")
+
+
+def _choose_python(plan: InstallPlan, available: list[str], forced: str | None) -> None:
+    choice = choose_python(plan.requires_python, plan.classifiers, available, forced)
+    plan.python = choice.version
+    plan.notes.append(choice.why)
+
+
+def _test_support(plan: InstallPlan, root: Path) -> None:
+    """Most test files import test-tree modules that are not there: a source release that left them out."""
+    missing, affected, total = missing_test_support(root)
+    if not missing:
+        return
+    what = f"{affected} of {total} test files import what the tree lacks: {'; '.join(missing[:3])}"
+    if (root / "PKG-INFO").is_file() and affected * 2 >= total > 0:
+        plan.missing_test_support = (f"the source release lacks test support files ({what}): build from the "
+                                     "git repository instead")
+    else:
+        plan.notes.append(what)
+
+
 # -- project metadata: name, version, dependencies and the extras on offer ---------------------------
-def _from_pyproject(plan: InstallPlan, pyproject: dict | None) -> set[str]:
+def _from_pyproject(plan: InstallPlan, pyproject: dict | None) -> dict[str, list[str]]:
+    """Name, version, requires-python, classifiers, dependencies; returns the extras on offer and their requirements."""
     if pyproject is None:
         plan.notes.append("no pyproject.toml: setuptools' legacy backend")
-        return set()
+        return {}
     build = pyproject.get("build-system", {})
     if build.get("requires") is not None:
         plan.build_requires = list(build["requires"])
@@ -114,15 +173,19 @@ def _from_pyproject(plan: InstallPlan, pyproject: dict | None) -> set[str]:
     plan.name = project.get("name")
     plan.version = project.get("version")
     plan.requires_python = project.get("requires-python")
+    plan.classifiers = [c for c in project.get("classifiers", []) if isinstance(c, str)]
     if "dependencies" not in project.get("dynamic", []) and "name" in project:
         plan.dependencies = list(project.get("dependencies", []))
-    return set(project.get("optional-dependencies", {}))
+    return {k: [r for r in v if isinstance(r, str)] for k, v in project.get("optional-dependencies", {}).items()
+            if isinstance(v, list)}
 
 
-def _from_setup_cfg(plan: InstallPlan, setup_cfg: configparser.ConfigParser, has_pyproject: bool) -> set[str]:
+def _from_setup_cfg(plan: InstallPlan, setup_cfg: configparser.ConfigParser,
+                    has_pyproject: bool) -> dict[str, list[str]]:
     plan.name = plan.name or setup_cfg.get("metadata", "name", fallback=None)
     plan.version = plan.version or literal_version(setup_cfg.get("metadata", "version", fallback=None))
     plan.requires_python = plan.requires_python or setup_cfg.get("options", "python_requires", fallback=None)
+    plan.classifiers = plan.classifiers or lines_of(setup_cfg.get("metadata", "classifiers", fallback=""))
     if setup_cfg.has_option("options", "install_requires") and plan.dependencies is None and not has_pyproject:
         plan.dependencies = lines_of(setup_cfg.get("options", "install_requires"))
     if setup_cfg.has_option("options", "setup_requires"):
@@ -130,14 +193,16 @@ def _from_setup_cfg(plan: InstallPlan, setup_cfg: configparser.ConfigParser, has
     if setup_cfg.has_option("options", "tests_require"):
         _add(plan, lines_of(setup_cfg.get("options", "tests_require")), "setup.cfg tests_require")
     if setup_cfg.has_section("options.extras_require"):
-        return set(setup_cfg.options("options.extras_require"))
-    return set()
+        return {k: lines_of(v) for k, v in setup_cfg.items("options.extras_require")}
+    return {}
 
 
-def _from_setup_py(plan: InstallPlan, setup_py: dict) -> set[str]:
+def _from_setup_py(plan: InstallPlan, setup_py: dict) -> dict[str, list[str]]:
     plan.name = plan.name or text_or_none(setup_py.get("name"))
     plan.version = plan.version or text_or_none(setup_py.get("version"))
     plan.requires_python = plan.requires_python or text_or_none(setup_py.get("python_requires"))
+    if not plan.classifiers and isinstance(setup_py.get("classifiers"), list):
+        plan.classifiers = [c for c in setup_py["classifiers"] if isinstance(c, str)]
     if isinstance(setup_py.get("tests_require"), list):
         _add(plan, [r for r in setup_py["tests_require"] if isinstance(r, str)], "setup.py tests_require")
     if isinstance(setup_py.get("setup_requires"), list):
@@ -146,7 +211,10 @@ def _from_setup_py(plan: InstallPlan, setup_py: dict) -> set[str]:
         plan.vcs_version = True
         plan.build_requires.append("setuptools-scm")
     extras = setup_py.get("extras_require")
-    return {k for k in extras if isinstance(k, str)} if isinstance(extras, dict) else set()
+    if not isinstance(extras, dict):
+        return {}
+    return {k: [r for r in v if isinstance(r, str)] if isinstance(v, list) else [] for k, v in extras.items()
+            if isinstance(k, str)}
 
 
 def _settle(plan: InstallPlan) -> None:
@@ -214,6 +282,10 @@ def _requirement_files(plan: InstallPlan, root: Path) -> None:
         rel = str(path.relative_to(root)).lower()
         if re.search(r"doc|lint|release|packag|typing|mypy|style|bench|publish|upload", rel):
             continue
+        # a file for one Python (jinja2's requirements/tests37.txt): only when it is the image's
+        for_python = re.search(r"(?:py)?3\.?(\d{1,2})$", path.stem)
+        if for_python and plan.python and not plan.python.startswith(f"3.{for_python[1]}."):
+            continue
         kind = "test" if "test" in rel else "dev" if "dev" in rel else "runtime" if path.name == "requirements.txt" \
             else None
         if kind:
@@ -221,60 +293,28 @@ def _requirement_files(plan: InstallPlan, root: Path) -> None:
     for kind in ("test", "dev"):
         if by_kind[kind]:
             for path in by_kind[kind]:
-                _add(plan, _read_requirements(path, root), str(path.relative_to(root)), filter_tools=True)
+                _add(plan, read_requirements(path), str(path.relative_to(root)), filter_tools=True)
             break
     if plan.dependencies is None:
         for path in by_kind["runtime"]:
-            _add(plan, _read_requirements(path, root), str(path.relative_to(root)), filter_tools=True)
-
-
-def _read_requirements(path: Path, root: Path, depth: int = 0) -> list[str]:
-    """Requirement lines of a pip requirements file; `-r` includes followed, editable and local lines skipped."""
-    out: list[str] = []
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return out
-    for raw in text.splitlines():
-        line = raw.split(" #")[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(("-r", "--requirement")) and depth < 5:
-            target = line.split(None, 1)[1] if " " in line else line[2:]
-            target = target.replace("{toxinidir}/", "").strip()
-            out += _read_requirements((path.parent / target), root, depth + 1)
-            continue
-        if line.startswith("-") or line.startswith(".") or "://" in line or line.startswith("/"):
-            continue
-        out.append(line.split(";")[0].strip() + (";" + line.split(";", 1)[1] if ";" in line else ""))
-    return out
+            _add(plan, read_requirements(path), str(path.relative_to(root)), filter_tools=True)
 
 
 def _tox(plan: InstallPlan, root: Path, setup_cfg: configparser.ConfigParser | None, pyproject: dict | None) -> None:
-    config = read_ini(root / "tox.ini")
-    where = "tox.ini"
-    if config is None and setup_cfg is not None and setup_cfg.has_section("testenv"):
-        config, where = setup_cfg, "setup.cfg [testenv]"
-    legacy = ((pyproject or {}).get("tool", {}).get("tox", {}) or {}).get("legacy_tox_ini")
-    if config is None and isinstance(legacy, str):
-        config = configparser.ConfigParser(interpolation=None, strict=False)
-        try:
-            config.read_string(legacy)
-        except configparser.Error:
-            return
-        where = "pyproject.toml legacy_tox_ini"
-    if config is None or not config.has_section("testenv"):
+    """tox's deps, extras and setenv as they apply to the image's environment (factor conditions resolved)."""
+    found = tox_config(root, setup_cfg, pyproject)
+    if found is None:
         return
-    deps = []
-    for line in lines_of(config.get("testenv", "deps", fallback="")):
-        if line.startswith(("-r", "-c")):
-            target = re.sub(r"^-[rc]\s*", "", line).replace("{toxinidir}/", "").replace("{toxinidir}", ".")
-            if line.startswith("-r") and "{" not in target:
-                deps += _read_requirements(root / target, root)
-        elif "{" not in line and not line.startswith("-"):
-            deps.append(re.sub(r"^[\w,.-]+:\s*", "", line) if re.match(r"^[\w,.-]+:\s", line) else line)
-    _add(plan, deps, f"{where} deps", filter_tools=True)
-    _extras(plan, lines_of(config.get("testenv", "extras", fallback="").replace(",", "\n")), where)
+    config, where = found
+    env = tox_env(config, where, plan.python or max(SUITE_PYTHONS.values()))
+    deps: list[str] = []
+    for line in env.deps:
+        deps += read_requirements(root / line[3:]) if line.startswith("-r ") else [line]
+    _add(plan, deps, f"{where} deps (factors {', '.join(sorted(env.factors))})", filter_tools=True)
+    _extras(plan, env.extras, where)
+    if env.setenv:
+        plan.test_env.update(env.setenv)
+        plan.notes.append(f"test environment {', '.join(env.setenv)} ({where} setenv)")
 
 
 def _nox(plan: InstallPlan, root: Path) -> None:
@@ -295,40 +335,13 @@ def _nox(plan: InstallPlan, root: Path) -> None:
                     skip_next = False
                     continue
                 if word in ("-r", "--requirement") and i + 1 < len(words):
-                    reqs += _read_requirements(root / words[i + 1], root)
+                    reqs += read_requirements(root / words[i + 1])
                     skip_next = True
                 elif match := re.fullmatch(r"(?:-e\s*)?\.\[([\w,\s-]+)\]", word):
                     _extras(plan, [e.strip() for e in match[1].split(",")], "noxfile.py")
                 elif not word.startswith(("-", ".")):
                     reqs.append(word)
     _add(plan, reqs, "noxfile.py", filter_tools=True)
-
-
-def _pytest_plugins(plan: InstallPlan, root: Path, setup_cfg, pyproject) -> None:
-    """Plugins that the pytest configuration needs to even start (addopts, required_plugins, ini keys)."""
-    settings: dict[str, str] = {}
-    for path, section in ((root / "pytest.ini", "pytest"), (root / "tox.ini", "pytest")):
-        config = read_ini(path)
-        if config is not None and config.has_section(section):
-            settings.update(config.items(section))
-    if setup_cfg is not None and setup_cfg.has_section("tool:pytest"):
-        settings.update(setup_cfg.items("tool:pytest"))
-    ini = ((pyproject or {}).get("tool", {}).get("pytest", {}) or {})
-    for key, value in {**ini, **(ini.get("ini_options") or {})}.items():
-        if key != "ini_options":
-            settings[key] = " ".join(map(str, value)) if isinstance(value, list) else str(value)
-    needed = []
-    for option in settings.get("addopts", "").split():
-        plugin = ADDOPT_PLUGINS.get(option.split("=")[0]) or next(
-            (p for o, p in ADDOPT_PLUGINS.items() if o.startswith("--") and option.startswith(o + "-")), None)
-        if plugin:
-            needed.append(plugin)
-    needed += [p for p in settings.get("required_plugins", "").split() if p]
-    needed += [plugin for key, plugin in INI_PLUGINS.items() if key in settings]
-    have = {_req_name(r) for r in plan.test_requirements}
-    missing = [p for p in _dedupe(needed) if _req_name(p) not in have]
-    if missing:
-        _add(plan, missing, "the pytest configuration")
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -21,9 +21,11 @@ import docker.errors
 
 from forager.core import DEFAULT_TEST_COMMAND
 from forager.home import forager_home
-from forager.images.manifest import ImageBuildError
+from forager.images.detect import InstallPlan
+from forager.images.manifest import ImageBuildError, clip
 from forager.images.resolve import Target
 from forager.images.spec import Recipe
+from forager.harness.install import INSTALLED_COMMIT, REINSTALL
 from forager.runtime.base import owner_labels
 
 USER, UID = "forager", 1000
@@ -71,7 +73,38 @@ def repo_script(recipe: Recipe, build_env: dict[str, str]) -> str:
         "changed=$(git diff --name-only)",
         'if [ -n "$changed" ]; then echo "restoring files the install rewrote: $changed"; git checkout -- .; fi',
         f"chown -R {USER}:{USER} {WORKDIR}",
+        *_record_install(recipe, build_env, install),
     ])
+
+
+def _record_install(recipe: Recipe, build_env: dict[str, str], install: str) -> list[str]:
+    """Lines that write `REINSTALL` and `INSTALLED_COMMIT`, and let `USER` redo the project's install.
+
+    The user may then add and remove entries of site-packages and the venv's bin (not change the other
+    packages' files) and owns the project's own installed files. A version setuptools-scm was told to
+    pretend is the image commit's, so the script at another commit lets git tell it instead.
+    """
+    exports = [f"export {k}={shlex.quote(v)}" for k, v in build_env.items()
+               if not k.startswith("SETUPTOOLS_SCM_PRETEND_VERSION")]
+    script = "\n".join([
+        "#!/bin/bash", "# The project's install, again at the commit checked out (forager.tasks.checkout runs it).",
+        "set -eu", "unset SETUPTOOLS_SCM_PRETEND_VERSION", *exports, f"cd {WORKDIR}", *recipe.pre_install, install,
+        'if [ -n "$(git diff --name-only)" ]; then git checkout -- .; fi',
+        f"git rev-parse HEAD > {INSTALLED_COMMIT}",
+    ])
+    site = f'"$({VENV}/bin/python -c \'import sysconfig; print(sysconfig.get_path("purelib"))\')"'
+    return [
+        f"mkdir -p {Path(REINSTALL).parent}", f"cat > {REINSTALL} <<'FORAGER_REINSTALL'\n{script}\nFORAGER_REINSTALL",
+        f"chmod 755 {REINSTALL}", f"git -C {WORKDIR} rev-parse HEAD > {INSTALLED_COMMIT}",
+        f"site={site}", f"chown {USER}:{USER} {INSTALLED_COMMIT} \"$site\" {VENV}/bin",
+        'if [ -d "$site/__pycache__" ]; then chown ' + f'{USER}:{USER} "$site/__pycache__"; fi',
+        'for info in "$site"/*.dist-info; do',
+        '  if grep -qs \'"editable": *true\' "$info/direct_url.json"; then',
+        f'    chown -R {USER}:{USER} "$info"',
+        f'    (cd "$site" && cut -d, -f1 "$info/RECORD" | while read -r f; do '
+        f'if [ -e "$f" ]; then chown -h {USER}:{USER} "$f"; fi; done)',
+        "  fi", "done",
+    ]
 
 
 # -- running a layer -----------------------------------------------------------------------------
@@ -129,24 +162,30 @@ def probe_base(client, base: str) -> tuple[str, Target]:
     if image.id in _probe_cache:
         return _probe_cache[image.id]
     cache = forager_home() / "images" / "bases" / f"{image.id.replace(':', '-')}.json"
-    if cache.is_file():
-        info = json.loads(cache.read_text())
-    else:
+    info = json.loads(cache.read_text()) if cache.is_file() else {}
+    if "version" not in info:  # probes cached before the exact version was recorded are made again
         out = client.containers.run(
             image.id, ["python3", "-c", "import json, platform, sys; print(json.dumps({'python': '%d.%d' % "
-                       "sys.version_info[:2], 'machine': platform.machine(), 'glibc': platform.libc_ver()[1]}))"],
+                       "sys.version_info[:2], 'version': platform.python_version(), 'machine': platform.machine(), "
+                       "'glibc': platform.libc_ver()[1]}))"],
             remove=True, network_mode="none", user="0", entrypoint=[],
         )
         info = json.loads(out.decode().strip().splitlines()[-1])
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(info))
-    probe = (image.id, Target(info["python"], info["machine"], info["glibc"] or "2.17"))
+    probe = (image.id, Target(info["python"], info["machine"], info["glibc"] or "2.17", info["version"]))
     _probe_cache[image.id] = probe
     return probe
 
 
-def test_command_for(recipe: Recipe) -> str:
-    command = recipe.test_command or DEFAULT_TEST_COMMAND
+def test_command_for(recipe: Recipe, install: InstallPlan | None = None) -> str:
+    """The recipe's test command, else the default with what detection found: tox's setenv in front, lint
+    plugins blocked; then the recipe's left-out tests."""
+    if recipe.test_command or install is None:
+        command = recipe.test_command or DEFAULT_TEST_COMMAND
+    else:
+        env = "".join(f"{name}={shlex.quote(value)} " for name, value in install.test_env.items())
+        command = env + DEFAULT_TEST_COMMAND + "".join(f" {shlex.quote(a)}" for a in install.pytest_args)
     for item in recipe.ignore_tests:
         command += f" --deselect={shlex.quote(item)}" if "::" in item else f" --ignore={shlex.quote(item)}"
     return command
@@ -179,8 +218,8 @@ def install_failure(output: str, code: int | None, timeout: float) -> str:
     for pattern in (r"ERROR: (?!Exception)", r"(E:|fatal:|error:|\w+Error:)"):
         found = [line for line in lines if re.match(pattern, line) and "subprocess-exited-with-error" not in line]
         if found:
-            return f"the step exited with {code}: {found[-1][:400]}"
-    return f"the step exited with {code}: {(lines or [''])[-1][:400]}"
+            return f"the step exited with {code}: {clip(found[-1], 400)}"
+    return f"the step exited with {code}: {clip((lines or [''])[-1], 400)}"
 
 
 def _kill(container) -> None:

@@ -1,4 +1,5 @@
-"""The image manifest: one entry per verified image ($FORAGER_HOME/images/manifest.json), and build errors.
+"""The image manifest: one entry per verified image ($FORAGER_HOME/images/manifest.json), the builds that
+failed before they had one (failures.json beside it), and build errors.
 
 Writes are atomic (a temporary file renamed over the old one) and serialised across processes with
 an advisory lock, so concurrent builds never lose each other's entries.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import re
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -17,6 +20,17 @@ from pydantic import BaseModel, Field
 from forager.core import ForagerError
 from forager.files import atomic_write_text
 from forager.home import forager_home
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """`text` on one line, at most `limit` characters, cut at a word boundary with an ellipsis (never mid-word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 1]
+    # the last space (or path and punctuation break) in the second half, so a long path still ends cleanly
+    breaks = [m.start() for m in re.finditer(r"\s|(?<=[/:,;)\]])", head) if m.start() > limit // 2]
+    return (head[: breaks[-1]] if breaks else head).rstrip(" ,;:") + "…"
 
 
 class ImageBuildError(ForagerError):
@@ -70,11 +84,48 @@ class ManifestEntry(BaseModel):
     created: str = ""
 
 
+class BuildFailure(BaseModel):
+    """A build that stopped before it had a manifest entry (fetch, detect, resolve, ... repo): the latest per source."""
+
+    source: str
+    stage: str
+    reason: str
+    tag: str | None = None
+    """The image tag it was building, when it got that far (after resolve)."""
+    log: str = ""
+    created: str = ""
+
+
 class Manifest:
-    """The manifest file: `get`, `put`, `remove`, `entries`."""
+    """The manifest file: `get`, `put`, `remove`, `entries`; and the failures file: `failures`, `record_build`."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or forager_home() / "images" / "manifest.json"
+        self.failures_path = self.path.with_name("failures.json")
+
+    def failures(self) -> list[BuildFailure]:
+        """Builds that failed before their image had an entry, newest first."""
+        try:
+            raw = json.loads(self.failures_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        found = [BuildFailure.model_validate(f) for f in raw.get("failures", {}).values()]
+        return sorted(found, key=lambda f: f.created, reverse=True)
+
+    def record_build(self, source: str, error: ImageBuildError | None, has_entry: bool, tag: str | None = None,
+                     log: str = "") -> None:
+        """A build's outcome: a failure without an entry is kept (one per source); an entry, which records a
+        failure of its own, clears it."""
+        with self._locked():
+            failures = {f.source: f for f in self.failures()}
+            if error is not None and not has_entry:
+                failures[source] = BuildFailure(
+                    source=source, stage=error.stage, reason=clip(error.reason, 500), tag=tag, log=log,
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            elif failures.pop(source, None) is None:
+                return
+            data = {"version": 1, "failures": {s: f.model_dump(mode="json") for s, f in sorted(failures.items())}}
+            atomic_write_text(self.failures_path, json.dumps(data, indent=1))
 
     def entries(self) -> list[ManifestEntry]:
         return list(self._read().values())

@@ -21,6 +21,28 @@ def read_toml(path: Path) -> dict | None:
         return None
 
 
+def read_requirements(path: Path, depth: int = 0) -> list[str]:
+    """Requirement lines of a pip requirements file; `-r` includes followed, editable and local lines skipped."""
+    out: list[str] = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for raw in text.splitlines():
+        line = raw.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("-r", "--requirement")) and depth < 5:
+            target = line.split(None, 1)[1] if " " in line else line[2:]
+            target = target.replace("{toxinidir}/", "").strip()
+            out += read_requirements(path.parent / target, depth + 1)
+            continue
+        if line.startswith("-") or line.startswith(".") or "://" in line or line.startswith("/"):
+            continue
+        out.append(line.split(";")[0].strip() + (";" + line.split(";", 1)[1] if ";" in line else ""))
+    return out
+
+
 def read_ini(path: Path) -> configparser.ConfigParser | None:
     if not path.is_file():
         return None
@@ -38,14 +60,6 @@ def literal_version(value: str | None) -> str | None:
 
 def text_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def pkg_info_version(path: Path) -> str | None:
-    try:
-        match = re.search(r"(?m)^Version:\s*(\S+)", path.read_text(errors="replace"))
-    except OSError:
-        return None
-    return match[1] if match else None
 
 
 def setup_py_keywords(path: Path) -> dict | None:
@@ -93,3 +107,17 @@ def _literal(node: ast.AST, names: dict[str, object]) -> object:
         if isinstance(left, list) and isinstance(right, list):
             return left + right
     raise ValueError(ast.dump(node)[:80])
+
+
+def pkg_info_fields(path: Path) -> dict[str, list[str]]:
+    """An sdist's PKG-INFO headers (the metadata its build computed), each name to every value it has."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    fields: dict[str, list[str]] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():  # the headers end at the first blank line
+        name, sep, value = line.partition(":")
+        if sep and not line.startswith((" ", "\t")):
+            fields.setdefault(name.strip(), []).append(value.strip())
+    return fields

@@ -21,9 +21,9 @@ from pathlib import Path
 from forager.files import atomic_write_text, content_digest
 from forager.home import forager_home
 from forager.images.detect import InstallPlan
-from forager.images.manifest import ImageBuildError
+from forager.images.manifest import ImageBuildError, clip
 
-RESOLVER_VERSION = 1  # bump when what goes into a lock changes
+RESOLVER_VERSION = 2  # bump when what goes into a lock changes (2: the exact Python version)
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,16 @@ class Target:
     python: str  # "3.11"
     machine: str  # "x86_64"
     glibc: str  # "2.36"
+    version: str = ""
+    """The exact interpreter version ("3.11.2"): pip checks `Requires-Python: >=3.11.5` against it, not 3.11.0."""
 
     def pip_options(self) -> list[str]:
         major, minor = (int(x) for x in (self.glibc or "2.17").split(".")[:2])
         platforms = [f"manylinux_{major}_{m}_{self.machine}" for m in range(minor, 16, -1)]
         platforms += [f"manylinux2014_{self.machine}", f"manylinux2010_{self.machine}", f"manylinux1_{self.machine}",
                       f"linux_{self.machine}"]
-        return ["--python-version", self.python, "--implementation", "cp", "--only-binary=:all:",
+        return ["--python-version", self.version or self.python, "--implementation", "cp", "--only-binary=:all:",
                 *[o for p in platforms for o in ("--platform", p)]]
-
-    def native(self) -> bool:
-        """Whether the host's own Python and platform match (then sdist-only packages can be built here)."""
-        import platform
-
-        return f"{sys.version_info[0]}.{sys.version_info[1]}" == self.python and platform.machine() == self.machine
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, ext
         test_reqs.append("pytest")
     inputs = {"commit": commit, "env": env or {}, "extras": plan.extras, "test": test_reqs,
               "build": plan.build_requires,
-              "target": [target.python, target.machine, target.glibc], "version": RESOLVER_VERSION}
+              "target": [target.version or target.python, target.machine, target.glibc], "version": RESOLVER_VERSION}
     key = content_digest(inputs, length=16)
     cached = forager_home() / "images" / "locks" / f"{key}.json"
     if cached.is_file():
@@ -83,10 +79,10 @@ def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, ext
     errors: list[str] = []
     for what, requirements in attempts:
         for options, how in ((target.pip_options(), "wheels for the image's platform"),
-                             ([], "the host's interpreter (sdists allowed)")):
-            if not options and not target.native():
-                continue
-            report = _dry_run(requirements, options, log, env or {})
+                             ([], "sdists allowed, for the image's Python")):
+            # the second: pip_target.py gives the image's Python to a resolution that may use sdists
+            python = {} if options else {"FORAGER_PIP_PYTHON_VERSION": target.version or target.python}
+            report = _dry_run(requirements, options, log, {**(env or {}), **python})
             if isinstance(report, str):
                 errors.append(report)
                 continue
@@ -101,7 +97,7 @@ def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, ext
                     from_source.append(pin)
             if what != attempts[0][0]:
                 dropped = sorted(set(test_reqs) - set(core))
-                notes.append(f"resolved without {', '.join(dropped)}: {errors[-1] if errors else ''}"[:400])
+                notes.append(clip(f"resolved without {', '.join(dropped)}: {errors[-1] if errors else ''}", 400))
             notes.append(f"resolved {len(pins)} packages with {how}")
             lock = Lock(sorted(pins, key=str.lower), sorted(from_source), notes, key)
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +145,10 @@ def _dry_run(requirements: list[str], options: list[str], log, env: dict[str, st
 
 
 def _pip(args: list[str], log, stage: str, env: dict[str, str] | None = None) -> None:
-    cmd = [sys.executable, "-m", "pip", *args[:1], "--disable-pip-version-check", *args[1:]]
+    # For another interpreter, pip's Requires-Python checks and markers must see its version (pip_target.py)
+    targeted = "--python-version" in args or "FORAGER_PIP_PYTHON_VERSION" in (env or {})
+    pip = [str(Path(__file__).with_name("pip_target.py"))] if targeted else ["-m", "pip"]
+    cmd = [sys.executable, *pip, *args[:1], "--disable-pip-version-check", *args[1:]]
     log("$ " + "".join(f"{k}={v} " for k, v in (env or {}).items()) + " ".join(cmd))
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     log(result.stdout + result.stderr)
@@ -167,8 +166,8 @@ def _why(errors: list[str]) -> str:
     for pattern in (r"\w+(Error|Exception): ", r"ERROR: (?!Exception)", r"error: (?!subprocess-exited)"):
         found = [line for line in lines if re.match(pattern, line)]
         if found:
-            return found[-1][:500]
-    return (lines or ["unknown error"])[-1][:500]
+            return clip(found[-1], 500)
+    return clip((lines or ["unknown error"])[-1], 500)
 
 
 def _name(requirement: str) -> str:

@@ -2,7 +2,9 @@
 
 A PyPI release's sdist and a plain directory become a one-commit repository made with a fixed author,
 committer and date, so the same files always give the same commit id. A git source keeps its history
-up to the chosen commit. Everything is cached under $FORAGER_HOME/sources, so a rebuild needs no network.
+up to the chosen commit, and nothing else: no object a later commit or another ref reaches, whatever
+the mirror's packs look like (`git_leaks`: a partial clone's promisor packs would keep them). Everything
+is cached under $FORAGER_HOME/sources, so a rebuild needs no network.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from forager.core import ForagerError
 from forager.files import content_digest, tree_digest
 from forager.git import FIXED_IDENTITY, git_command
 from forager.home import forager_home
+from forager.images.git_leaks import Leaks, find_leaks, host_runner, keep_base_history
 from forager.images.manifest import ImageBuildError
+from forager.images.sdist import download_sdist, index_url
 from forager.images.spec import ImageSpec, normalize_name
 
-_GIT_ENV = {**FIXED_IDENTITY, "GIT_TERMINAL_PROMPT": "0"}
-"""Reproducible commits, and a clone of a private URL fails at once instead of asking for a password."""
+_GIT_ENV = {**FIXED_IDENTITY, "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1"}
+"""Reproducible commits, a clone of a private URL fails at once instead of asking for a password, and
+the commit's files are its own (a replace ref could make them another commit's)."""
 _SNAPSHOT_IGNORED = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".pytest_cache", ".tox", ".nox",
                                            ".venv", "venv", ".mypy_cache", "*.egg-info", "build", "dist")
 
@@ -39,10 +45,29 @@ class FetchedSource:
     version: str | None
     description: str
     """Where it came from, for the manifest: the sdist file and its sha256, the URL, the directory."""
+    git_digest: str = ""
+    """What its `.git` holds (`git_content_digest`): part of the image's tag, as the commit is not all of it."""
 
 
 def fetch_source(spec: ImageSpec, log) -> FetchedSource:
     """The spec's repository, from the cache when it was fetched before."""
+    fetched = _fetch(spec, log)
+    return replace(fetched, git_digest=git_content_digest(fetched.root))
+
+
+def git_content_digest(root: Path) -> str:
+    """A digest of what a repository's git directory holds: HEAD, the refs, the shallow boundary and the
+    ids of every object. Two repositories at one commit that hold different objects differ here."""
+    head = _git(root, "symbolic-ref", "-q", "HEAD", check=False) or _head(root)
+    refs = _git(root, "for-each-ref", "--format=%(objectname) %(refname)")
+    objects = sorted(_git(root, "cat-file", "--batch-all-objects", "--batch-check=%(objectname)", "--unordered")
+                     .split())
+    shallow = root / ".git" / "shallow"
+    return content_digest({"head": head, "refs": refs, "objects": objects,
+                           "shallow": shallow.read_text() if shallow.is_file() else ""}, length=None)
+
+
+def _fetch(spec: ImageSpec, log) -> FetchedSource:
     if spec.kind == "pypi":
         return _fetch_pypi(spec, log)
     if spec.kind == "git":
@@ -67,18 +92,8 @@ def _fetch_pypi(spec: ImageSpec, log) -> FetchedSource:
     cache = forager_home() / "sources" / "pypi" / f"{normalize_name(name)}-{version}"
     sdist = next((p for p in sorted(cache.glob("*")) if _is_archive(p)), None) if cache.is_dir() else None
     if sdist is None:
-        log(f"$ pip download --no-deps --no-binary :all: {name}=={version}")
         partial = Path(tempfile.mkdtemp(prefix="sdist-", dir=_mkdir(cache.parent)))
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--disable-pip-version-check", "--dest", str(partial), f"{name}=={version}"],
-            capture_output=True, text=True, check=False)
-        log(result.stdout + result.stderr)
-        archives = [p for p in partial.iterdir() if _is_archive(p)]
-        if result.returncode != 0 or not archives:
-            shutil.rmtree(partial, ignore_errors=True)
-            why = _last_error(result.stderr) or "no source archive was downloaded"
-            raise ImageBuildError("fetch", f"cannot download the source release {name}=={version}: {why}")
+        archives = _download(name, version, partial, log)
         shutil.rmtree(cache, ignore_errors=True)
         partial.rename(cache)
         sdist = cache / archives[0].name
@@ -94,6 +109,30 @@ def _fetch_pypi(spec: ImageSpec, log) -> FetchedSource:
                 shutil.rmtree(egg)  # setuptools writes these again at install time
             _commit_tree(top, target, f"{name} {version}\n\nFrom the source release {sdist.name} (sha256 {digest}).")
     return FetchedSource(target, _head(target), name, version, f"pypi {sdist.name} sha256:{digest}")
+
+
+def _download(name: str, version: str, partial: Path, log) -> list[Path]:
+    """The sdist from the index's simple API, else through `pip download` (which builds its metadata)."""
+    try:
+        log(f"downloading the source release {name}=={version} from {index_url()}")
+        return [download_sdist(name, version, partial)]
+    except (OSError, LookupError, ValueError) as err:
+        for leftover in partial.iterdir():
+            leftover.unlink()
+        log(f"({err}); trying pip download")
+    # `--no-binary NAME`, not `:all:`: the sdist of this project only, its build backend may be a wheel
+    log(f"$ pip download --no-deps --no-binary {name} {name}=={version}")
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", name,
+         "--disable-pip-version-check", "--dest", str(partial), f"{name}=={version}"],
+        capture_output=True, text=True, check=False)
+    log(result.stdout + result.stderr)
+    archives = [p for p in partial.iterdir() if _is_archive(p)]
+    if result.returncode != 0 or not archives:
+        shutil.rmtree(partial, ignore_errors=True)
+        why = _last_error(result.stderr) or "no source archive was downloaded"
+        raise ImageBuildError("fetch", f"cannot download the source release {name}=={version}: {why}")
+    return archives
 
 
 def _fetch_git(url: str, rev: str | None, log) -> FetchedSource:
@@ -119,25 +158,39 @@ def _fetch_git(url: str, rev: str | None, log) -> FetchedSource:
             raise ImageBuildError("fetch", f"{url} has no commit {rev!r}; give a commit id, a tag or a branch")
     name = re.sub(r"\.git$", "", url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]) or "repo"
     target = forager_home() / "sources" / "repos" / f"git-{normalize_name(name)}-{commit[:12]}"
-    if not (target / ".git").is_dir():
+    if (target / ".git").is_dir():
+        if not _leaks(target).clean:  # made before the cleaning was leak-proof
+            log(f"{target} holds objects outside its history: cleaning it again")
+            _keep_history(target, log)
+    else:
         log(f"checking out {commit} (history up to it, no remotes)")
         with tempfile.TemporaryDirectory(prefix="clone-", dir=_mkdir(target.parent)) as tmp:
             work = Path(tmp) / "repo"
             _git(Path(tmp), "clone", "--quiet", "--no-checkout", str(mirror), str(work))
             _git(work, "checkout", "--quiet", "-B", "main", commit)
-            _git(work, "remote", "remove", "origin")
-            # Tags of earlier commits stay (versioning tools read them); every later ref goes.
-            earlier = {f"refs/tags/{t}" for t in _git(work, "tag", "--merged", "main").split()}
-            for ref in _git(work, "for-each-ref", "--format=%(refname)").split():
-                if ref != "refs/heads/main" and ref not in earlier:
-                    _git(work, "update-ref", "-d", ref)
-            _git(work, "reflog", "expire", "--expire=now", "--all")
-            _git(work, "gc", "--quiet", "--prune=now")
+            _keep_history(work, log)  # tags of earlier commits stay (versioning tools read them)
             try:
                 work.rename(target)
             except OSError:  # another build made it first
                 pass
-    return FetchedSource(target, commit, None, None, f"git {url}@{commit}")
+    return FetchedSource(target, _head(target), None, None, f"git {url}@{commit}")
+
+
+def _keep_history(repo: Path, log) -> None:
+    """HEAD's history and earlier tags only, proven (`git_leaks`); an ImageBuildError if that fails."""
+    try:
+        kept = keep_base_history(host_runner(repo, _GIT_ENV))
+    except ForagerError as err:
+        raise ImageBuildError("fetch", str(err)) from err
+    if kept.note:
+        log(f"note: {kept.note}")
+
+
+def _leaks(repo: Path) -> Leaks:
+    try:
+        return find_leaks(host_runner(repo, _GIT_ENV))
+    except ForagerError as err:
+        raise ImageBuildError("fetch", str(err)) from err
 
 
 def _snapshot(path: Path, log) -> FetchedSource:

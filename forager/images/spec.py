@@ -38,9 +38,9 @@ class Recipe(BaseModel):
     name: str | None = None
     """The project this recipe is for (informational; the file name is what selects it)."""
     python: str | None = None
-    """The Python version the image must have (`3.11`); the base image must provide it."""
+    """The Python version the image must have (`3.11`): the base with it, instead of the one requires-python picks."""
     base: str | None = None
-    """Base image to build on (default: forager/base:latest)."""
+    """Base image to build on (default: the forager/base:SUITE whose Python the project accepts)."""
     system_packages: list[str] = Field(default_factory=list)
     """Debian packages installed with apt-get in the environment layer (the one step that needs a mirror)."""
     env: dict[str, str] = Field(default_factory=dict)

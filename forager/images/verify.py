@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from forager.harness import PASS_STATUSES, PytestCommand, PytestHarness
+from forager.images.manifest import clip
 from forager.runtime.base import bash_quote
 from forager.runtime.docker import DockerRuntime
 
@@ -75,8 +76,8 @@ def verify_image(tag: str, test_command: str, *, min_pass_share: float, timeout:
             result.failure_stage = "collect"
             if errors or rc in (1, 2, 3, 4):
                 first = next(iter(errors.items()), None)
-                why = f"{first[0]}: {first[1]}" if first else _tail(output, 1)
-                result.failure = f"collection error: {why}"
+                why = f"{first[0]}: {first[1]}" if first else _why_nothing(output, workdir)
+                result.failure = clip(f"collection error: {why}", 500)
             else:
                 result.failure = "no tests collected"
             result.log = output
@@ -113,15 +114,27 @@ def _collect(runtime: DockerRuntime, test_command: str) -> tuple[list[str], dict
     errors: dict[str, str] = {}
     for line in obs.output.splitlines():
         if match := _ERROR_LINE.match(line.strip()):
-            errors[match[1]] = (match[2] or "").strip()
-    # -q leaves the reason out of the summary line: take the last `E   ...` line of each error's section
+            errors[match[1]] = clip(match[2] or "", 300)
+    # -q leaves the reason out of the summary line, or cuts it to the terminal's width ("pytest.Pyt..."):
+    # take the last `E   ...` line of each error's section (for its file and the nodes in it)
     for match in _ERROR_SECTION.finditer(obs.output):
         reasons = re.findall(r"(?m)^E\s+(.+)$", match[2])
-        if match[1] in errors and reasons and not errors[match[1]]:
-            errors[match[1]] = reasons[-1].strip()[:300]
+        for key in [k for k in errors if k == match[1] or k.startswith(match[1] + "::")] if reasons else []:
+            if not errors[key] or errors[key].endswith("..."):
+                errors[key] = clip(reasons[-1], 300)
     return tests, errors, obs.output, obs.exit_code
+
+
+def _why_nothing(output: str, workdir: str) -> str:
+    """Why collection stopped before any file: a conftest that does not import (its `E` line), else the last line."""
+    reasons = re.findall(r"(?m)^E\s+(.+)$", output)
+    conftest = re.search(r"ImportError while loading conftest '([^']+)'", output)
+    if conftest:
+        where = conftest[1].removeprefix(workdir.rstrip("/") + "/")
+        return f"conftest {where} does not import: {reasons[-1].strip() if reasons else _tail(output, 1)}"
+    return reasons[-1].strip() if reasons else _tail(output, 1)
 
 
 def _tail(text: str, lines: int) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
-    return " / ".join(kept[-lines:])[:300] if kept else "no output"
+    return clip(" / ".join(kept[-lines:]), 300) if kept else "no output"

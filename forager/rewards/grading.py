@@ -21,8 +21,8 @@
    machinery against replacement); outcomes travel on signed records and count only if the child
    ended normally and the guard saw no tampering.
 4. The statuses are graded with swebench's semantics (`swebench.harness.grading`, version 5):
-   PASSED or XFAIL is a pass (a hardened run's FAIL_TO_PASS needs PASSED); a skipped FAIL_TO_PASS test fails, a skipped PASS_TO_PASS test is
-   maintained; FULL when both rates are 1, PARTIAL when some FAIL_TO_PASS pass and every
+   PASSED or XFAIL is a pass (a hardened run's FAIL_TO_PASS needs PASSED); a skipped FAIL_TO_PASS test
+   fails, a skipped PASS_TO_PASS test is maintained; FULL when both rates are 1, PARTIAL when some FAIL_TO_PASS pass and every
    PASS_TO_PASS is maintained, NO otherwise. Resolved means FULL.
 """
 
@@ -37,6 +37,7 @@ from typing import Any
 
 from forager.core import ForagerError, Task
 from forager.harness import PASS_STATUSES, PROTECTED_PATHS, PytestCommand, PytestHarness, is_protected, split_diff
+from forager.harness.install import refresh_install
 from forager.harness.diffparse import DiffParseError, FileDiff, PatchApplyError, parse_diff, render
 from forager.rewards.apply import apply_files, screen_files
 from forager.rewards.screen import added_lines, screen_agent_diff
@@ -246,19 +247,20 @@ def read_agent_diff(diff: str) -> list[FileDiff]:
 # -- grading ------------------------------------------------------------------------------------------
 def prepare_for_grading(runtime: ShellRuntime, task: Task) -> None:
     """The task's starting tree (base commit plus any planted bug), staged, without rewriting history."""
-    command = f"git -c advice.detachedHead=false checkout -q -f {bash_quote(task.base_commit)} && git clean -q -fd"
+    runtime.run_checked(f"git --no-replace-objects -c advice.detachedHead=false checkout -q -f "
+                        f"{bash_quote(task.base_commit)} && git clean -q -fd")
+    refresh_install(runtime)  # the base commit's install, as the agent's checkout made it
     if task.setup_patch:
         path = runtime.scratch_path("setup.patch")
-        command += (f" && {runtime.write_command(path, task.setup_patch)}"
-                    f" && git apply --index --whitespace=nowarn {bash_quote(path)}")
-    runtime.run_checked(command)
+        runtime.run_checked(f"{runtime.write_command(path, task.setup_patch)}"
+                            f" && git apply --index --whitespace=nowarn {bash_quote(path)}")
 
 
 def apply_patch(runtime: ShellRuntime, patch: str, name: str) -> tuple[bool, str]:
     """Apply with `git apply`, then `git apply --3way`, then `patch --fuzz`; (applied, log)."""
-    path = bash_quote(runtime.scratch_path(f"{name}.patch"))
+    path = bash_quote(scratch := runtime.scratch_path(f"{name}.patch"))
     obs = runtime.run(
-        f"{runtime.write_command(path, patch if patch.endswith(chr(10)) else patch + chr(10))} && "
+        f"{runtime.write_command(scratch, patch if patch.endswith(chr(10)) else patch + chr(10))} && "
         f"cd {bash_quote(runtime.workdir)} && {{ git apply --whitespace=nowarn {path} || "
         f"git apply --whitespace=nowarn --3way {path} || patch -p1 --batch --fuzz=3 -i {path}; }} 2>&1",
         120,

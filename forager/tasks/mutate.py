@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 
 from forager.tasks.source_edit import (
-    LINE,
     SCOPES,
     Candidate,
     Change,
@@ -21,14 +20,12 @@ from forager.tasks.source_edit import (
     FunctionInfo,
     Mutation,
     Source,
-    apply_edits,
-    changed_lines,
-    changes_tree,
     delete_statement,
     docstring,
     find_functions,
     snippet,
 )
+from forager.tasks.source_window import changes_tree, edit_window
 
 #: Operator names in the order `enumerate_mutations` tries them. Fine-grained operators come first so
 #: that, when two produce the same file, the more specific description is the one kept.
@@ -265,6 +262,7 @@ def _remove_statement(src: Source, fn: Function) -> Iterator[Change]:
 def _remove_import(src: Source) -> Iterator[Candidate]:
     """Delete one top-level import; its `uses` are the functions that reference a name it binds."""
     body = src.tree.body
+    reads = [(fn.info.qualname, {node.id for node in fn.own if isinstance(node, ast.Name)}) for fn in src.functions]
     for stmt in body:
         if not isinstance(stmt, (ast.Import, ast.ImportFrom)) or any(alias.name == "*" for alias in stmt.names):
             continue
@@ -273,10 +271,7 @@ def _remove_import(src: Source) -> Iterator[Candidate]:
         if (edit := delete_statement(src, stmt, body)) is None:
             continue
         bound = {alias.asname or alias.name.split(".")[0] for alias in stmt.names}
-        uses = tuple(dict.fromkeys(
-            fn.info.qualname for fn in src.functions
-            if any(isinstance(node, ast.Name) and node.id in bound for node in fn.own)
-        ))
+        uses = tuple(dict.fromkeys(qualname for qualname, names in reads if not names.isdisjoint(bound)))
         yield Candidate("<module>", (edit,), f"remove `{snippet(src.segment(stmt))}`", uses)
 
 
@@ -317,23 +312,22 @@ def enumerate_mutations(
     names = _selected(operators)
     src = Source(source)
     wanted = None if functions is None else set(functions)
-    seen = {source}
+    seen: set[tuple[int, int, tuple[str, ...]]] = set()  # windows are canonical: one per mutated file
     mutations: list[Mutation] = []
     for name in names:
         candidates = sorted(_REGISTRY[name](src), key=lambda c: min(edit[0] for edit in c.edits))
         for candidate in candidates:
             if wanted is not None and wanted.isdisjoint(candidate.uses):
                 continue
-            mutated = apply_edits(source, candidate.edits)
-            if mutated in seen:
+            window = edit_window(src, candidate.edits)
+            if window is None or (key := (window.head, window.stop, window.lines)) in seen:
                 continue
-            seen.add(mutated)
-            new_lines = LINE.findall(mutated)
-            start, end = changed_lines(src.lines, new_lines)
-            if not changes_tree(src, new_lines, start, end):
+            seen.add(key)
+            if not changes_tree(src, window):
                 continue
-            mutations.append(Mutation(name, candidate.function, start, end, candidate.description, mutated,
-                                      candidate.uses))
+            span = (src.starts[window.head], src.starts[window.stop], "".join(window.lines))
+            mutations.append(Mutation(name, candidate.function, window.start_line, window.end_line,
+                                      candidate.description, source, span, candidate.uses))
     return mutations
 
 

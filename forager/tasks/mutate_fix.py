@@ -2,17 +2,20 @@
 
 As CWM did, and then some:
 
-1. Run the repository's suite once with per-test coverage. A function is a target only if tests that
-   pass execute it.
+1. Run the repository's suite once with per-test coverage (Forager's own coverage: a pytest-cov the
+   project enables is kept out of the way). A function is a target only if tests that pass execute
+   it; when there is none, the error says why (`forager.tasks.mutate_targets`).
 2. Enumerate candidate bugs in the targets (`forager.tasks.mutate`), interleaved across operators
    and capped per function, so a small budget still covers many operators and functions.
-3. Validate each candidate through a pytest fork server, running only the tests that can notice it:
-   those that execute the changed lines (a test that never runs a line cannot see it change), or,
-   when the change reaches callers or the module (a signature, an import, a renamed variable), every
-   test that covers the function. FAIL_TO_PASS are the tests that now fail; PASS_TO_PASS the other
-   tests covering the function (plus an optional sample of the rest). A candidate with no
-   FAIL_TO_PASS is dropped, as are duplicates and, when asked, bugs that break the import.
-4. The problem statement says what a user would see (which tests fail and how), never the mutation.
+3. Validate each candidate through a pytest fork server (pytest, its plugins and the compiled
+   modules that did not change stay warm), running only the tests that can notice it: those that
+   execute the changed lines, or every test covering the function when the change reaches further.
+   FAIL_TO_PASS are the tests that now fail; PASS_TO_PASS the other tests covering the function
+   (plus an optional sample of the rest). A candidate with no FAIL_TO_PASS is dropped, as are
+   duplicates, near-duplicates (the same kind of change on the same lines failing the same tests)
+   and, when asked, bugs that break the import.
+4. The problem statement says what a user would see (which tests fail and how, a collection error's
+   text included), never the mutation: tracebacks lose the mutated lines (`statements.redact`).
 """
 
 from __future__ import annotations
@@ -21,19 +24,25 @@ import random
 import re
 import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from forager.core import DEFAULT_TEST_COMMAND, ForagerError, Task
 from forager.files import content_digest
-from forager.harness import PROTECTED_PATHS, CoverageMap, PytestHarness, TestRun, is_protected
+from forager.harness import PytestCommand, PytestHarness, TestRun
 from forager.runtime.base import ShellRuntime, bash_quote
-from forager.tasks.mutate import OPERATORS, FunctionInfo, Mutation, enumerate_mutations, find_functions
-from forager.tasks.statements import MutationContext, ProblemStatement, default_problem_statement
+from forager.tasks.mutate import OPERATORS, Mutation
+from forager.tasks.mutate_targets import Candidate, find_candidates, find_targets, source_files, why_no_target
+from forager.tasks.statements import (
+    MutationContext,
+    ProblemStatement,
+    collection_error_for,
+    collection_errors,
+    default_problem_statement,
+    redact,
+)
 from forager.workers import run_workers
-
-NOT_SOURCES = PROTECTED_PATHS + ("setup.py", "docs/*", "doc/*", "examples/*", "benchmarks/*", "bench/*")
 
 
 @dataclass
@@ -61,6 +70,8 @@ class OperatorStats:
     no_failing_test: int = 0
     import_error: int = 0
     timed_out: int = 0
+    near_duplicate: int = 0
+    """Valid, but the same kind of change on the same lines as a kept task, failing the same tests."""
 
     @property
     def yield_(self) -> float:
@@ -76,6 +87,8 @@ class MutateReport:
     target_functions: int = 0
     candidates: int = 0
     coverage_s: float = 0.0
+    candidates_s: float = 0.0
+    """Finding the targets and enumerating their candidate bugs."""
     validation_s: float = 0.0
     errors: list[str] = field(default_factory=list)
     """Workers that failed while others went on (their candidates are lost, not the tasks found)."""
@@ -87,35 +100,13 @@ class MutateReport:
             "tasks": len(self.tasks), "candidates_tried": sum(s.tried for s in self.stats.values()),
             "tests_total": self.tests_total, "tests_passing": self.tests_passing,
             "target_functions": self.target_functions, "coverage_s": round(self.coverage_s, 2),
+            "candidates_s": round(self.candidates_s, 2),
             "validation_s": round(self.validation_s, 2),
             "per_operator": {op: {**asdict(s), "yield": round(s.yield_, 3)} for op, s in sorted(self.stats.items())},
         }
 
 
 # -- the pipeline -------------------------------------------------------------------------------------
-@dataclass
-class _Target:
-    path: str
-    source: str
-    functions: dict[str, FunctionInfo]
-    covering: dict[str, set[str]]
-    """Function qualname -> passing tests that execute it."""
-
-
-@dataclass
-class _Candidate:
-    path: str
-    mutation: Mutation
-    tests: list[str]
-    """What validation runs: the tests that can notice the change."""
-    covering: list[str]
-    """Every passing test that covers the function(s): the rest of them stay PASS_TO_PASS untouched."""
-
-
-# Changes that act beyond the lines they touch: on every caller, or at import time.
-_WHOLE_FUNCTION_OPERATORS = frozenset({"remove_parameter", "remove_import", "swap_variables"})
-
-
 def generate_mutate_fix_tasks(
     open_runtime: Callable[[], ShellRuntime],
     *,
@@ -155,7 +146,7 @@ def generate_mutate_fix_tasks(
 
 
 def _baseline(open_runtime: Callable[[], ShellRuntime], test_command: str, config: MutateConfig,
-              report: MutateReport) -> tuple[str, set[str], list[_Candidate]]:
+              report: MutateReport) -> tuple[str, set[str], list[Candidate]]:
     """One coverage run of the suite: the base commit, the passing tests and the candidates to try, in order."""
     with open_runtime() as runtime:
         base_commit = runtime.run_checked("git rev-parse HEAD").strip()
@@ -169,10 +160,17 @@ def _baseline(open_runtime: Callable[[], ShellRuntime], test_command: str, confi
         report.tests_total, report.tests_passing = len(baseline.statuses), len(passing)
         if not passing:
             raise ForagerError(f"no test passes in the repository; pytest said:\n{baseline.log[-3000:]}")
-        targets = _targets(runtime, coverage, passing)
+        started = time.monotonic()
+        files = source_files(runtime)
+        targets = find_targets(runtime, files, coverage, passing)
         report.target_functions = sum(len(t.covering) for t in targets)
-        candidates = list(_candidates(targets, coverage, passing, config, random.Random(config.seed)))
-        report.candidates = len(candidates)
+        if not targets:
+            raise ForagerError(why_no_target(files, coverage, len(passing)))
+        candidates = list(find_candidates(targets, coverage, passing, config.operators, random.Random(config.seed)))
+        report.candidates, report.candidates_s = len(candidates), time.monotonic() - started
+        if not candidates:
+            raise ForagerError(f"no candidate bug in the {report.target_functions} target functions with the "
+                               f"operators {', '.join(config.operators)}; choose more operators")
     return base_commit, passing, candidates
 
 
@@ -180,7 +178,7 @@ class _Validation:
     """Workers take candidates in order, each in its own container, and keep the bugs that fail a test."""
 
     def __init__(self, open_runtime: Callable[[], ShellRuntime], test_command: str, config: MutateConfig,
-                 report: MutateReport, notify: Callable[[str, MutateReport], None], candidates: list[_Candidate],
+                 report: MutateReport, notify: Callable[[str, MutateReport], None], candidates: list[Candidate],
                  all_passing: list[str], *, image: str | None, repo: str, base_commit: str,
                  problem_statement: ProblemStatement, measure_whole_suite: bool) -> None:
         self.open_runtime, self.test_command, self.config = open_runtime, test_command, config
@@ -190,10 +188,11 @@ class _Validation:
         self.queue = iter(candidates)
         self.lock = threading.Lock()
         self.seen: set[str] = set()
+        self.near: set[tuple] = set()
         self.per_function: Counter[tuple[str, str]] = Counter()
         self.tried = 0
 
-    def next_candidate(self) -> _Candidate | None:
+    def next_candidate(self) -> Candidate | None:
         config = self.config
         with self.lock:
             while len(self.report.tasks) < config.max_tasks and (
@@ -209,20 +208,21 @@ class _Validation:
 
     def work(self) -> None:
         with self.open_runtime() as runtime:
-            harness = PytestHarness(runtime, self.test_command)
-            harness.serve()
+            harness = PytestHarness(runtime, _validation_command(self.test_command))
+            harness.serve(bytecode_cache=True)
+            tree = _WorkTree(runtime, harness.tools_dir())
             while (candidate := self.next_candidate()) is not None:
                 extra = []
                 if self.config.extra_pass_to_pass:
                     rest = [t for t in self.all_passing if t not in set(candidate.covering)]
                     extra = random.Random(f"{self.config.seed}:{candidate.mutation.source}").sample(
                         rest, min(self.config.extra_pass_to_pass, len(rest)))
-                outcome = _validate(runtime, harness, candidate, extra, self.config, self.measure_whole_suite,
+                outcome = _validate(tree, harness, candidate, extra, self.config, self.measure_whole_suite,
                                     self.all_passing)
                 with self.lock:
                     self._record(runtime, candidate, extra, outcome)
 
-    def _record(self, runtime: ShellRuntime, candidate: _Candidate, extra: list[str], outcome) -> None:
+    def _record(self, runtime: ShellRuntime, candidate: Candidate, extra: list[str], outcome) -> None:
         """Count the candidate's outcome and keep it as a task when it is a new bug that fails a test."""
         stats = self.report.stats[candidate.mutation.operator]
         stats.tried += 1
@@ -231,11 +231,18 @@ class _Validation:
             self.notify("tried", self.report)
             return
         run, setup_patch, fix, timing = outcome
+        m = candidate.mutation
         failing = [t for t in candidate.tests + extra if not run.passed(t)]
         import_error = bool(failing) and all(run.status(t) in ("MISSING", "ERROR") for t in failing)
-        digest = content_digest(f"{candidate.path}\0{candidate.mutation.source}", length=None)
+        digest = content_digest(f"{candidate.path}\0{m.source}", length=None)
+        # The same kind of change on the same lines failing the same tests is the same task for an agent.
+        near = (candidate.path, m.start_line, m.end_line, m.operator, m.description, tuple(failing))
         if not failing or digest in self.seen or len(self.report.tasks) >= self.config.max_tasks:
             stats.no_failing_test += not failing
+            self.notify("tried", self.report)
+            return
+        if near in self.near:
+            stats.near_duplicate += 1
             self.notify("tried", self.report)
             return
         if import_error:
@@ -244,100 +251,104 @@ class _Validation:
                 self.notify("tried", self.report)
                 return
         self.seen.add(digest)
-        self.per_function[(candidate.path, candidate.mutation.function)] += 1
+        self.near.add(near)
+        self.per_function[(candidate.path, m.function)] += 1
         stats.valid += 1
         self.report.timings.append(timing)
-        ctx = MutationContext(self.repo, failing, run.messages, candidate.mutation, candidate.path)
-        self.report.tasks.append(_task(
-            ctx, digest, self.image, self.base_commit, runtime.workdir, setup_patch, fix, self.test_command,
-            _pass_to_pass(candidate, extra, run), import_error, self.problem_statement,
-        ))
+        messages, collection_error = _messages(run, failing, m, candidate.path)
+        ctx = MutationContext(self.repo, failing, messages, m, candidate.path)
+        task = _task(ctx, digest, self.image, self.base_commit, runtime.workdir, setup_patch, fix, self.test_command,
+                     _pass_to_pass(candidate, extra, run), import_error, self.problem_statement)
+        if collection_error:
+            task.metadata["collection_error"] = collection_error
+        self.report.tasks.append(task)
         self.notify("valid", self.report)
 
 
-def _targets(runtime: ShellRuntime, coverage: CoverageMap, passing: set[str]) -> list[_Target]:
-    files = [f for f in runtime.run_checked("git ls-files -- '*.py'").split() if not is_protected(f, NOT_SOURCES)]
-    targets = []
-    for path in sorted(files):
-        if path not in coverage.files:
-            continue
-        source = runtime.read_file(path)
-        try:
-            functions = {f.qualname: f for f in find_functions(source)}
-        except SyntaxError:
-            continue  # not Python this host can parse (a newer grammar, a template): skip the file
-        covering = {}
-        for name, fn in functions.items():
-            tests = coverage.tests_for(path, fn.body_lineno, fn.end_lineno) & passing
-            if tests:
-                covering[name] = tests
-        if covering:
-            targets.append(_Target(path, source, functions, covering))
-    return targets
+def _messages(run: TestRun, failing: list[str], mutation: Mutation, path: str) -> tuple[dict[str, str], str]:
+    """Each failing test's error text, redacted; a test that never ran gets the collection error that
+    stopped it. Returns them and that collection error ("" when none)."""
+    errors = collection_errors(run.log)
+    messages = {t: run.messages.get(t) or "" for t in failing}
+    collection_error = ""
+    for test in failing:
+        if not messages[test] and run.status(test) in ("MISSING", "ERROR"):
+            messages[test] = collection_error = collection_error or collection_error_for(test, errors)
+    return {t: redact(text, mutation, path) for t, text in messages.items() if text}, \
+        redact(collection_error, mutation, path)
 
 
-def _candidates(
-    targets: list[_Target], coverage: CoverageMap, passing: set[str], config: MutateConfig, rng: random.Random,
-) -> Iterator[_Candidate]:
-    """Every candidate, shuffled within each operator and interleaved across operators."""
-    by_operator: dict[str, list[_Candidate]] = defaultdict(list)
-    for target in targets:
-        try:
-            mutations = enumerate_mutations(target.source, config.operators)
-        except SyntaxError:
-            continue
-        for mutation in mutations:
-            uses = mutation.uses or (mutation.function,)
-            covering = set().union(*(target.covering.get(f, set()) for f in uses))
-            if not covering:
-                continue
-            tests = covering
-            function = target.functions.get(mutation.function)
-            if (mutation.operator not in _WHOLE_FUNCTION_OPERATORS and function is not None
-                    and mutation.start_line >= function.body_lineno):
-                tests = coverage.tests_for(target.path, mutation.start_line, mutation.end_line) & passing or covering
-            by_operator[mutation.operator].append(_Candidate(target.path, mutation, sorted(tests), sorted(covering)))
-    queues = []
-    for operator in config.operators:
-        pool = by_operator.get(operator, [])
-        rng.shuffle(pool)
-        queues.append(iter(pool))
-    while queues:
-        for queue in list(queues):
-            candidate = next(queue, None)
-            if candidate is None:
-                queues.remove(queue)
-            else:
-                yield candidate
-
-
-def _pass_to_pass(candidate: _Candidate, extra: list[str], run: TestRun) -> list[str]:
+def _pass_to_pass(candidate: Candidate, extra: list[str], run: TestRun) -> list[str]:
     """Tests that ran and passed, and the covering tests that did not need to run (they cannot fail)."""
     ran = set(candidate.tests) | set(extra)
     unaffected = [t for t in candidate.covering if t not in ran]
     return [t for t in candidate.tests if run.passed(t)] + unaffected + [t for t in extra if run.passed(t)]
 
 
+def _validation_command(test_command: str) -> PytestCommand:
+    """The task's pytest command with plain Python tracebacks and no colours: pytest's own traceback
+    rendering (source excerpts, highlighting) costs more than running a failing test, and the
+    statements need only the error and where it happened."""
+    command = PytestCommand.parse(test_command)
+    if command is None:
+        raise ForagerError(f"not a pytest command: {test_command!r} (expected `[VAR=x] python -m pytest ...`)")
+    return PytestCommand(command.python, (*command.args, "--tb=native", "--color=no"), command.env)
+
+
+class _WorkTree:
+    """Puts one mutation at a time in the runtime's repository in one round trip: the file the last one
+    changed comes back from git, and only the changed bytes of the new one travel."""
+
+    def __init__(self, runtime: ShellRuntime, scratch: str) -> None:
+        self.runtime, self.scratch = runtime, scratch
+        self.dirty: str | None = None
+
+    def plant(self, path: str, mutation: Mutation) -> None:
+        restore = f"git checkout -q -- {bash_quote(self.dirty)} && " if self.dirty else ""
+        self.dirty = path
+        if "\ufffd" not in mutation.original:  # else it was read with bad bytes replaced: offsets would be off
+            start, end, text = mutation.span
+            head, tail = len(mutation.original[:start].encode()), len(mutation.original[:end].encode())
+            size = len(mutation.original.encode()) - tail + head + len(text.encode())
+            quoted, tmp = bash_quote(path), bash_quote(f"{self.scratch}/planted")
+            if self.runtime.run(
+                    f"cd {bash_quote(self.runtime.workdir)} && {restore}{{ head -c {head} {quoted} && printf '%s' "
+                    f"{bash_quote(text)} && tail -c +{tail + 1} {quoted}; }} > {tmp} && cat {tmp} > {quoted} && "
+                    f"test \"$(wc -c < {quoted})\" -eq {size}", 60).ok:
+                return
+        self.runtime.run_checked(restore + self.runtime.write_command(path, mutation.source))
+
+    def diffs(self, path: str) -> tuple[str, str]:
+        """(the mutation as a diff, the reference fix) of `path`, as git writes them."""
+        sep = "@@FORAGER-FIX@@"
+        quoted = bash_quote(path)
+        both = self.runtime.run_checked(f"git diff -- {quoted}; echo {sep}; git diff -R -- {quoted}")
+        setup_patch, _, fix = both.partition(f"{sep}\n")
+        return setup_patch, fix
+
+
 def _validate(
-    runtime: ShellRuntime, harness: PytestHarness, candidate: _Candidate, extra: list[str], config: MutateConfig,
+    tree: _WorkTree, harness: PytestHarness, candidate: Candidate, extra: list[str], config: MutateConfig,
     measure_whole_suite: bool, all_tests: list[str],
 ) -> tuple[TestRun, str, str, dict[str, float]] | None:
-    """Run the candidate's tests on the mutated file; (run, setup patch, fix, timing), None on a timeout."""
+    """Run the candidate's tests on the mutated file; (run, setup patch, fix, timing), None on a timeout.
+
+    The fork server keeps compiled modules between runs; the planted file is named as changed, so it
+    gets a fresh mtime and is compiled again."""
     path = candidate.path
-    original = runtime.read_file(path)
-    runtime.write_file(path, candidate.mutation.source)
-    try:
-        run = harness.run(candidate.tests + extra, config.test_timeout)
-        if run.timed_out:
-            return None
-        timing = {"selected_s": run.duration_s, "selected_tests": float(len(candidate.tests) + len(extra))}
-        if measure_whole_suite and any(not run.passed(t) for t in candidate.tests + extra):
-            timing["whole_s"] = harness.run(all_tests, config.test_timeout * 10).duration_s
-        setup_patch = runtime.run_checked(f"git diff -- {bash_quote(path)}")
-        fix = runtime.run_checked(f"git diff -R -- {bash_quote(path)}")
-        return run, setup_patch, fix, timing
-    finally:
-        runtime.write_file(path, original)
+    tree.plant(path, candidate.mutation)
+    run = harness.run(candidate.tests + extra, config.test_timeout, changed=[path])
+    if run.timed_out:
+        return None
+    timing = {"selected_s": run.duration_s, "selected_cpu_s": harness.last_cpu_s or 0.0,
+              "selected_tests": float(len(candidate.tests) + len(extra))}
+    if not any(not run.passed(t) for t in candidate.tests + extra):
+        return run, "", "", timing  # not a task: no diff needed
+    if measure_whole_suite:
+        timing["whole_s"] = harness.run(all_tests, config.test_timeout * 10).duration_s
+        timing["whole_cpu_s"] = harness.last_cpu_s or 0.0
+    setup_patch, fix = tree.diffs(path)
+    return run, setup_patch, fix, timing
 
 
 def _task(

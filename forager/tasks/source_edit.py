@@ -2,8 +2,9 @@
 
 A mutation edits the source text only where the AST nodes it changes lie, so the rest of the file keeps
 its formatting byte for byte and the reverse diff (the reference fix) stays small. This module finds
-where those nodes lie (functions, statements, tokens), applies edits, and checks that an edited file
-still parses to a different tree. The operators themselves are in `forager.tasks.mutate`.
+where those nodes lie (functions, statements, tokens) and applies edits; `forager.tasks.source_window`
+finds what an edit changed and checks that the edited file still parses to a different tree. The
+operators themselves are in `forager.tasks.mutate`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import tokenize
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 Edit = tuple[int, int, str]  # (start, end, replacement), offsets into the source string
@@ -41,7 +42,11 @@ class FunctionInfo:
 
 @dataclass(frozen=True)
 class Mutation:
-    """One planted bug: the whole mutated file and where, in the original, it differs."""
+    """One planted bug: where, in the original, it differs and what replaces those lines.
+
+    It keeps the original file (one shared string per file) and the replaced span rather than a copy
+    of the mutated file: a 4,000-line module has thousands of candidates.
+    """
 
     operator: str
     function: str
@@ -51,9 +56,24 @@ class Mutation:
     end_line: int
     description: str
     """Short human text, kept in metadata and never shown to the agent."""
-    source: str
+    original: str = field(repr=False)
+    span: tuple[int, int, str] = field(repr=False)
+    """Offsets [start, end) of whole lines of `original`, and the lines that replace them."""
     uses: tuple[str, ...] = ()
     """Functions whose tests may catch the bug: `(function,)`, or for remove_import the users of its names."""
+
+    @property
+    def source(self) -> str:
+        """The whole mutated file."""
+        start, end, text = self.span
+        return self.original[:start] + text + self.original[end:]
+
+    @property
+    def mutated_lines(self) -> dict[int, str]:
+        """The lines the mutation wrote, by their (1-based) number in the mutated file."""
+        first = self.original.count("\n", 0, self.span[0]) + 1 if "\r" not in self.original else \
+            len(LINE.findall(self.original[:self.span[0]])) + 1
+        return {first + i: line.rstrip("\r\n") for i, line in enumerate(LINE.findall(self.span[2]))}
 
 
 @dataclass(frozen=True)
@@ -109,16 +129,22 @@ def docstring(node: ast.FunctionDef | ast.AsyncFunctionDef) -> ast.stmt | None:
 
 
 def blocks(block: list[ast.stmt]) -> Iterator[list[ast.stmt]]:
+    """`block` and every block nested in it, nested scopes left out."""
     yield block
     for stmt in block:
-        if isinstance(stmt, SCOPES):
-            continue
-        for name in ("body", "orelse", "finalbody"):
-            sub = getattr(stmt, name, None)
-            if isinstance(sub, list) and sub:
+        if not isinstance(stmt, SCOPES):
+            for sub in sub_blocks(stmt):
                 yield from blocks(sub)
-        for clause in [*getattr(stmt, "handlers", []), *getattr(stmt, "cases", [])]:
-            yield from blocks(clause.body)
+
+
+def sub_blocks(stmt: ast.stmt) -> Iterator[list[ast.stmt]]:
+    """The blocks directly inside a statement: bodies, else and finally blocks, handlers, cases."""
+    for name in ("body", "orelse", "finalbody"):
+        sub = getattr(stmt, name, None)
+        if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt):
+            yield sub
+    for clause in [*getattr(stmt, "handlers", []), *getattr(stmt, "cases", [])]:
+        yield clause.body
 
 
 class Source:
@@ -131,6 +157,8 @@ class Source:
             self.tree = ast.parse(text)
         self.lines: list[str] = LINE.findall(text)
         self.starts = list(itertools.accumulate(map(len, self.lines), initial=0))
+        self._block_firsts: dict[int, list[int]] = {}
+        self._dumps: dict[int, str] = {}
 
     def offset(self, lineno: int, col: int) -> int:
         """String offset of an AST position, whose column counts UTF-8 bytes."""
@@ -166,6 +194,26 @@ class Source:
         line_end = self.starts[index] + len(self.lines[index].rstrip("\r\n"))
         rest = self.text[offset:line_end].strip()
         return line_end if not rest or rest.startswith("#") else None
+
+    def owns_lines(self, stmt: ast.stmt) -> bool:
+        """Whether no other code shares a line with `stmt` (only blanks and comments around it)."""
+        return self.starts_line(self.stmt_start(stmt)) and self.clean_line_end(self.end(stmt)) is not None
+
+    def statement_at(self, block: list[ast.stmt], lineno: int) -> ast.stmt | None:
+        """The statement of `block` whose lines (decorators included) hold line `lineno`."""
+        firsts = self._block_firsts.get(id(block))
+        if firsts is None:
+            firsts = self._block_firsts[id(block)] = [self.line_index(self.stmt_start(s)) + 1 for s in block]
+        index = bisect.bisect_right(firsts, lineno) - 1
+        if index < 0 or (block[index].end_lineno or block[index].lineno) < lineno:
+            return None
+        return block[index]
+
+    def dump(self, node: ast.AST) -> str:
+        """`ast.dump(node)`, computed once per node: many mutations compare against the same statement."""
+        if id(node) not in self._dumps:
+            self._dumps[id(node)] = ast.dump(node)
+        return self._dumps[id(node)]
 
     def is_elif(self, stmt: ast.stmt) -> bool:
         return isinstance(stmt, ast.If) and self.text.startswith("elif", self.start(stmt))
@@ -265,33 +313,3 @@ def apply_edits(source: str, edits: Iterable[Edit]) -> str:
     for start, end, replacement in sorted(edits, reverse=True):  # right to left keeps offsets valid
         source = source[:start] + replacement + source[end:]
     return source
-
-
-def changed_lines(old: list[str], new: list[str]) -> tuple[int, int]:
-    """First and last line of `old` outside the common head and tail of the two files."""
-    limit = min(len(old), len(new))
-    head = next((i for i in range(limit) if old[i] != new[i]), limit)
-    tail = next((i for i in range(limit - head) if old[-1 - i] != new[-1 - i]), limit - head)
-    return head + 1, max(head + 1, len(old) - tail)
-
-
-def changes_tree(src: Source, new_lines: list[str], start: int, end: int) -> bool:
-    """Whether a mutated file, equal to the original outside lines [start, end], parses to another tree.
-
-    Top-level statements start at column 0 and the text around the touched ones is unchanged, so
-    parsing and comparing only those validates the whole file at a fraction of the cost.
-    """
-    touched, first, last = [], start, end
-    for stmt in src.tree.body:
-        stmt_first, stmt_last = src.line_index(src.stmt_start(stmt)) + 1, stmt.end_lineno or stmt.lineno
-        if stmt_first <= end and stmt_last >= start:
-            touched.append(stmt)
-            first, last = min(first, stmt_first), max(last, stmt_last)
-    chunk = "".join(new_lines[first - 1:last + len(new_lines) - len(src.lines)])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            new = ast.parse(chunk).body
-    except (SyntaxError, ValueError):
-        return False
-    return len(new) != len(touched) or any(ast.dump(a) != ast.dump(b) for a, b in zip(touched, new))
