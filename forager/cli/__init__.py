@@ -3,8 +3,9 @@
 Each command parses its flags, loads config and calls the library; a ForagerError from any of them
 becomes `error: MESSAGE` and exit status 1 in one place, the root group's `invoke`. One module per
 command group: images.py (`forager images ...`), tasks.py (`forager tasks ...`, `grade`),
-collect.py (`collect`, `quickstart`), data.py (`dedup`, `export`, `view`), maintenance.py (`gc`).
-A new group (`train`, `eval`) gets a module of its own, registered at the bottom of this file.
+collect.py (`collect`, `quickstart`), data.py (`dedup`, `export`, `view`), maintenance.py (`gc`),
+train.py (`forager train`, `forager train plan`). A new group (`eval`) gets a module of its own,
+registered at the bottom of this file.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def read_tasks(path: str, split: str = "test", fmt: str = "auto", image: str | N
 
 
 # The commands, registered in the order `forager --help` lists them; the modules use the shared bits above.
-from forager.cli import collect, data, images, maintenance, tasks  # noqa: E402
+from forager.cli import collect, data, images, maintenance, tasks, train  # noqa: E402
 
 app.command()(tasks.grade)
 app.command()(maintenance.gc)
@@ -101,5 +102,6 @@ app.command("export")(data.export_command)
 app.command()(data.view)
 app.add_typer(images.images_app, name="images")
 app.add_typer(tasks.tasks_app, name="tasks")
+app.add_typer(train.train_app, name="train")
 
 __all__ = ["ForagerGroup", "RuntimeChoice", "app", "console", "fail", "main"]

@@ -16,7 +16,7 @@ checkpoints. The rooms that exist so far:
 - `rollout` (`ray_rollout`, `cursor`), `buffer` and `metrics`: groups of G episodes per task through the
   agent loop, the staleness-bounded buffer of token-budget batches, `metrics.jsonl` and TensorBoard.
 
-The loop and the `forager train` command come next.
+- `loop`: the training loop (`train(config, out_dir)`), resumable from its checkpoints; `forager train` runs it.
 
 Nothing is imported here: `loss`, `learner`, `checkpoint`, `engines` and `sync` need torch, and the config must load without it.
 """

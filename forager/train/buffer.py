@@ -253,6 +253,11 @@ class RolloutBuffer:
         with self._condition:
             return len(self._waiting)
 
+    def waiting_groups(self) -> list[Group]:
+        """The groups waiting for the learner (a checkpoint hands them to the resumed run's cursor)."""
+        with self._condition:
+            return [entry.group for entry in self._waiting]
+
     @property
     def in_flight(self) -> int:
         """Groups admitted and not yet ended."""

@@ -69,15 +69,18 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
 
 
 def save(learner: Learner, run_dir: str | Path, *, data_cursor: dict[str, Any] | None = None,
-         keep_last: int = 2) -> Path:
-    """Save the learner at its current step (every rank calls this together); the complete checkpoint's path."""
+         keep_last: int = 2, step: int | None = None) -> Path:
+    """Save the learner at its current step (every rank calls this together); the complete checkpoint's path.
+
+    `step`: the caller's step to name it by (the loop's, which counts steps the learner skipped), else the
+    learner's optimizer steps; the learner's own count is kept in the manifest either way."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     if keep_last < 1:
         raise CheckpointError(f"keep_last must be at least 1, got {keep_last}")
     cursor = _cursor_json(data_cursor or {})
-    final = checkpoint_path(run_dir, learner.step_count)
+    final = checkpoint_path(run_dir, learner.step_count if step is None else step)
     staging = final.with_name(final.name + ".tmp")
     if learner.rank == 0:
         shutil.rmtree(staging, ignore_errors=True)  # a torn save of the same step before a crash
@@ -89,7 +92,8 @@ def save(learner: Learner, run_dir: str | Path, *, data_cursor: dict[str, Any] |
     atomic_write_text(staging / f"rng-rank{learner.rank}.json", json.dumps(_rng_state()))
     _barrier(learner)
     if learner.rank == 0:
-        manifest = {"format": FORMAT, "step": learner.step_count, "policy_version": learner.policy_version,
+        manifest = {"format": FORMAT, "step": learner.step_count if step is None else step,
+                    "learner_step": learner.step_count, "policy_version": learner.policy_version,
                     "world_size": learner.world_size, "saved_at": time.time(), "data_cursor": json.loads(cursor)}
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
         if final.exists():  # the same step saved again after a resume: the new one replaces it
@@ -120,7 +124,7 @@ def load(learner: Learner, path: str | Path) -> Restored:
         raise CheckpointError(f"cannot load {path} into this learner (another model or optimizer?): {err}") from err
     set_state_dict(learner.model, learner.optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"])
-    learner.step_count = int(manifest["step"])
+    learner.step_count = int(manifest.get("learner_step", manifest["step"]))
     learner.policy_version = int(manifest["policy_version"])
     saved_world = int(manifest.get("world_size", 1))
     rng_file = path / f"rng-rank{learner.rank}.json"

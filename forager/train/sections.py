@@ -85,8 +85,9 @@ class RolloutConfig(BaseModel):
     """Groups finished and waiting for the learner plus groups being sampled; no new group starts beyond it, so a
     slow learner stalls the rollouts instead of growing memory (and the groups it gets are fresher). At least
     concurrency / group_size keeps every episode slot busy."""
-    backend: Literal["hf", "vllm"] = "hf"
-    """Inference engine: `vllm` on GPUs, or `hf` (transformers generate, in process) for tiny models on a CPU."""
+    backend: Literal["hf", "remote", "vllm"] = "hf"
+    """Inference engine: `vllm` on GPUs, `hf` (transformers generate, in process) for tiny models on a CPU, or
+    `remote` (the same sampler in a child process, its weights sent by torch.distributed broadcast)."""
     engines: int = Field(1, ge=1)
     """Inference engine replicas."""
     tensor_parallel: int = Field(1, ge=1)
