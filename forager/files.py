@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -67,3 +68,30 @@ def tree_digest(root: Path, skip: Iterable[str] = (), length: int | None = 12) -
     for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:length]
+
+
+@contextmanager
+def atomic_directory(target: Path, marker: str) -> Iterator[Path]:
+    """A staging directory beside `target` that becomes `target` when the block ends without an error.
+
+    The block writes the directory's files and, last, `marker`: a directory without its marker is a
+    build that died half-way, and is replaced. A concurrent builder that finished first wins; a
+    failed or interrupted block leaves nothing behind.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield staging
+        for path in staging.iterdir():
+            if path.is_file():
+                path.chmod(0o644)  # some writers (safetensors) make their files private
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if target.exists() and not (target / marker).exists():
+            shutil.rmtree(target)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / marker).exists():  # else another process finished first: use its copy
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from forager.core import ForagerError
+from forager.files import atomic_directory
 from forager.home import forager_home
 
 DONE_MARKER = "forager-model.json"
@@ -102,10 +103,8 @@ def gguf_available(name: str = "smollm2-135m-instruct") -> bool:
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantize `gguf` and save it at `target` in the transformers layout, atomically (built aside, renamed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     started = time.monotonic()
-    try:
+    with atomic_directory(target, DONE_MARKER) as staging:
         tokenizer, model = _load_gguf(gguf)
         if not tokenizer.chat_template:
             raise ForagerError(f"{gguf} holds no chat template: it is not an instruction-tuned model")
@@ -114,18 +113,6 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         marker = {"source": str(gguf), "bytes": gguf.stat().st_size, "convert_s": round(time.monotonic() - started, 2),
                   "parameters": sum(p.numel() for p in model.parameters())}
         (staging / DONE_MARKER).write_text(json.dumps(marker))
-        for path in staging.iterdir():
-            path.chmod(0o644)  # safetensors writes its file private, as mkdtemp makes the directory
-        staging.chmod(0o755)
-        if target.exists() and not (target / DONE_MARKER).exists():
-            shutil.rmtree(target)  # a conversion that died before its marker was written
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / DONE_MARKER).exists():  # else another process finished first: use its copy
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

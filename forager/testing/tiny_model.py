@@ -14,13 +14,11 @@ tokens, as a chat model's does) and `<|im_start|>` / `<|endoftext|>` a large mal
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from forager.core import ForagerError
-from forager.files import content_digest
+from forager.files import atomic_directory, content_digest
 from forager.home import forager_home
 
 RECIPE_VERSION = 1
@@ -101,25 +99,12 @@ def build_tiny_model(path: str | Path | None = None) -> Path:
         return target
     if target.exists() and any(target.iterdir()):
         raise ForagerError(f"{target} exists and is not a tiny model: remove it or pass another path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: a concurrent builder or a crash never leaves half a model.
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    # Built beside the target and renamed: a concurrent builder or a crash never leaves half a model.
+    with atomic_directory(target, DONE_MARKER) as staging:
         tokenizer = build_tokenizer()
         tokenizer.save_pretrained(staging)
-        model = _build_model(tokenizer)
-        model.save_pretrained(staging)
+        _build_model(tokenizer).save_pretrained(staging)
         (staging / DONE_MARKER).write_text(json.dumps({"recipe": recipe_hash(), "vocab_size": len(tokenizer)}))
-        staging.chmod(0o755)  # mkdtemp makes it private
-        if target.exists():
-            target.rmdir()  # empty (checked above)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / DONE_MARKER).exists():  # else another process finished first: use its copy
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
