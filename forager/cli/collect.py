@@ -83,7 +83,9 @@ def _collection_summary(stats: CollectStats, out: Path) -> None:
     table = Table(title="collection", show_header=False)
     for key, value in [
         ("episodes run", f"{stats.done} (+{stats.already_done} from before) of {stats.total}"),
-        ("resolved", f"{stats.resolved} ({stats.resolved_share:.0%})"),
+        ("resolved", f"{stats.resolved} of the {stats.done} run now ({stats.resolved_share:.0%})"
+                     + (f"; the {stats.already_done} from before are counted in `forager view`" if stats.already_done
+                        else "")),
         ("terminations", ", ".join(f"{k} {v}" for k, v in stats.terminations.most_common()) or "-"),
         ("infrastructure failures", f"{stats.infra_failures} (saved in {out / INFRA_FAILURES}; "
                                     "the same command retries them)" if stats.infra_failures else "0"),
