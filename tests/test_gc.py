@@ -53,6 +53,24 @@ def test_sigkilled_owner_leaves_no_scratch_directory_after_gc():
     assert not os.path.exists(scratch)
 
 
+def test_gc_removes_an_ownerless_scratch_directory_once_it_is_a_minute_old(tmp_path):
+    """What a removal that raced with a clone leaves: no owner file, so no owner to ask."""
+    import tempfile
+    import time
+
+    from forager.runtime.local import SCRATCH_PREFIX
+
+    old = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    new = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    os.makedirs(os.path.join(old, "repo"))
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    _gc()
+    assert not os.path.exists(old)
+    assert os.path.isdir(new)  # a runtime may be about to write its owner file
+    os.rmdir(new)
+
+
 def test_gc_keeps_what_live_processes_own(git_repo):
     from forager.runtime import LocalRuntime
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,9 +49,19 @@ def collect_garbage(everything: bool = False) -> GcReport:
             labels = json.loads((scratch / OWNER_FILE).read_text())
         except (OSError, ValueError):
             labels = {}
-        if everything or not owner_alive(labels):
+        # A runtime writes its owner file right after making the directory: one without it for a minute
+        # is the remains of a removal that raced with a clone, owned by nobody.
+        ownerless = not labels and _age_s(scratch) > 60
+        if everything or ownerless or not owner_alive(labels):
             shutil.rmtree(scratch, ignore_errors=True)
             report.directories.append(str(scratch))
         else:
             report.kept += 1
     return report
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -136,6 +136,9 @@ class LocalRuntime(ShellRuntime):
         self.session.close()
         shutil.rmtree(self.scratch / "repo", ignore_errors=True)
         self._clone()
+        if self.closed:  # closed by another thread (a shutdown) while cloning: what the clone made goes too
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self._check_open()
         self.session.start()
 
     def _release(self) -> None:
