@@ -65,3 +65,22 @@ def runtime(request, git_repo):
         rt = LocalRuntime(git_repo, command_timeout=30)
     with rt:
         yield rt
+
+
+# -- the tiny transformers model (tests of the hf policy and the trainer's engines) -----------------------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A 64-wide model gains nothing from threads, and on a busy machine their spin-waits cost 10x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from forager.testing.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

@@ -21,18 +21,7 @@ SYSTEM = {"role": "system", "content": "You are a software engineer. Use one too
 USER = {"role": "user", "content": "The test tests/test_math.py::test_add fails. Fix the bug."}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 64-wide model gains nothing from threads, and on a busy machine their spin-waits cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py, with `tiny`
 
 
 @pytest.fixture(scope="module")

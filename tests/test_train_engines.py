@@ -24,7 +24,6 @@ from forager.agent.config import AgentConfig  # noqa: E402
 from forager.agent.loop import Episode, make_env  # noqa: E402
 from forager.core import PolicyError  # noqa: E402
 from forager.images.sample import sample_tasks  # noqa: E402
-from forager.testing.tiny_model import build_tiny_model  # noqa: E402
 from forager.train.engines import Engine, EngineError, make_engine  # noqa: E402
 from forager.train.engines.hf import HFEngine  # noqa: E402
 from forager.train.engines.remote import RemoteEngine  # noqa: E402
@@ -33,18 +32,7 @@ from forager.train.sync import WeightBroadcaster, pack_buckets, tensor_checksums
 USER = {"role": "user", "content": "The test tests/test_math.py::test_add fails. Fix the bug."}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """A 64-wide model gains nothing from threads, and on a busy machine their spin-waits cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py, with `tiny`
 
 
 @pytest.fixture(scope="module")
