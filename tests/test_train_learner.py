@@ -256,8 +256,27 @@ def test_bad_samples_are_refused_with_the_reason(tiny):
         with pytest.raises(LearnerError, match=reason):
             learner.step([good, sample])
     assert learner.step_count == 0
-    with pytest.raises(LearnerError, match="reference model"):
-        Learner(tiny, learner_config(), algorithm=AlgorithmConfig(kl_coef=0.1))
+
+
+def test_kl_to_the_frozen_reference(tiny):
+    """The reference is the loaded weights, frozen: at step 0 the KL term is 0 with a zero gradient (the update
+    is the plain one); once the policy has moved, the term is positive, changes the update, and the reference
+    itself never moves."""
+    plain = Learner(tiny, learner_config())
+    kl = Learner(tiny, learner_config(), algorithm=AlgorithmConfig(kl_coef=0.5))
+    assert plain.reference is None and kl.reference is not None
+    frozen = {name: p.detach().clone() for name, p in kl.reference.named_parameters()}
+    assert not any(p.requires_grad for p in kl.reference.parameters())
+    first = plain.step(make_samples(13, 3)), kl.step(make_samples(13, 3))
+    assert "ref/kl" not in first[0] and first[1]["ref/kl"] == pytest.approx(0.0, abs=1e-7)
+    for (name, a), b in zip(parameters(plain).items(), parameters(kl).values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+    second = plain.step(make_samples(14, 3)), kl.step(make_samples(14, 3))
+    assert second[1]["ref/kl"] > 1e-6
+    moved = max(float((a - b).abs().max()) for a, b in zip(parameters(plain).values(), parameters(kl).values()))
+    assert moved > 1e-6  # the KL gradient pulled the second update toward the reference
+    for name, p in kl.reference.named_parameters():
+        assert torch.equal(p, frozen[name]), name
 
 
 # -- weights out and samples in ------------------------------------------------------------------------

@@ -155,6 +155,21 @@ def test_stale_trajectories_are_dropped_and_counted_and_mid_episode_updates_show
     assert versions(first) == [0, 0, 1, 1, 1]  # the update reached the episode between two of its turns
 
 
+def test_the_loop_waits_for_a_whole_token_budget_batch(tmp_path: Path) -> None:
+    """`partial=False` (the loop's call): a timeout before the budget (or a full buffer) returns nothing; the
+    default returns what is there."""
+    buffer = RolloutBuffer(group_size=2, tokens_per_batch=10**6, max_staleness=4, max_buffered_groups=3)
+    with workers(tmp_path / "run", buffer, ScriptedEngine(), concurrency=1):  # one episode at a time
+        wait_until(lambda: buffer.waiting == 1)  # two more groups (four episodes, each reset) fill the buffer
+        assert buffer.take_batch(0, timeout=0.05, partial=False) is None
+        assert buffer.waiting >= 1
+        some = buffer.take_batch(0, timeout=0.05)
+        assert some is not None and 1 <= len(some.groups) < 3
+        wait_until(lambda: buffer.waiting == 3)
+        whole = buffer.take_batch(0, timeout=0.05, partial=False)
+        assert whole is not None and len(whole.groups) == 3
+
+
 # -- (c) synchronous mode -----------------------------------------------------------------------------
 
 def test_synchronous_mode_closes_the_gate_so_nothing_is_ever_stale(tmp_path: Path) -> None:

@@ -44,8 +44,13 @@ def _git(cwd: Path, *args: str) -> str:
 
 def sample_repo() -> SampleRepo:
     """The sample library as a one-commit git repository under $FORAGER_HOME (made once per content)."""
-    source = asset("sample-repo")
-    target = forager_home() / "sample" / f"repo-{tree_digest(source, skip=('__pycache__', '.pytest_cache'))}"
+    return asset_repo("sample-repo", forager_home() / "sample", "semverkit 1.0.0")
+
+
+def asset_repo(name: str, parent: Path, message: str) -> SampleRepo:
+    """The asset directory `name` as a one-commit git repository in `parent` (made once per content)."""
+    source = asset(name)
+    target = parent / f"repo-{tree_digest(source, skip=('__pycache__', '.pytest_cache'))}"
     if not (target / ".git").exists():
         partial = Path(tempfile.mkdtemp(prefix="repo-", dir=target.parent if target.parent.exists()
                                         else forager_home()))
@@ -53,7 +58,7 @@ def sample_repo() -> SampleRepo:
         shutil.copytree(source, partial, ignore=_IGNORED)
         _git(partial, "init", "-q", "-b", "main")
         _git(partial, "add", "-A")
-        _git(partial, "commit", "-q", "-m", "semverkit 1.0.0")
+        _git(partial, "commit", "-q", "-m", message)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             partial.rename(target)
@@ -111,7 +116,7 @@ def commit_tag(repo: SampleRepo) -> str:
     return f"commit-{repo.commit[:12]}"
 
 
-def _reverse_patch(repo: SampleRepo, patch: str) -> str:
+def reverse_patch(repo: SampleRepo, patch: str) -> str:
     """The diff that undoes `patch`: apply it to a scratch clone, then diff back to the commit."""
     with tempfile.TemporaryDirectory(prefix="forager-rev-") as tmp:
         clone = Path(tmp) / "repo"
@@ -136,7 +141,7 @@ def sample_tasks(image: str | None = None) -> list[Task]:
             base_commit=repo.commit,
             problem_statement=bug["problem_statement"],
             setup_patch=setup_patch,
-            patch=_reverse_patch(repo, setup_patch),
+            patch=reverse_patch(repo, setup_patch),
             FAIL_TO_PASS=bug["FAIL_TO_PASS"],
             PASS_TO_PASS=bug["PASS_TO_PASS"],
             kind="mutate-fix",
@@ -168,5 +173,5 @@ def sample_tasks_for_runtime(
     return sample_tasks(image), "docker" if image else "local"
 
 
-__all__ = ["BASE_REPOSITORY", "SampleRepo", "build_sample_image", "sample_repo", "sample_tasks",
+__all__ = ["BASE_REPOSITORY", "SampleRepo", "asset_repo", "reverse_patch", "build_sample_image", "sample_repo", "sample_tasks",
            "sample_tasks_for_runtime"]

@@ -265,12 +265,14 @@ class RolloutBuffer:
             return self._in_flight
 
     # -- the learner side ------------------------------------------------------------------------
-    def take_batch(self, current_version: int, timeout: float | None = None) -> Batch | None:
+    def take_batch(self, current_version: int, timeout: float | None = None, *, partial: bool = True) -> Batch | None:
         """The next batch at learner version `current_version`: groups up to `tokens_per_batch` (at least one).
 
         Waits until the waiting groups hold a full batch (or fill the buffer), or `timeout` seconds pass, or the
-        buffer is closed; then returns what there is, None if nothing. Synchronous: waits for the groups in
-        flight too, takes every waiting group and closes the gate (see the module's docstring)."""
+        buffer is closed; then returns what there is, None if nothing. `partial=False`: a timeout returns None
+        unless the batch is full (the training loop's way to wait in slices and still take whole batches).
+        Synchronous: waits for the groups in flight too, takes every waiting group and closes the gate (see the
+        module's docstring)."""
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         with self._condition:
@@ -282,6 +284,8 @@ class RolloutBuffer:
                 if self._closed or (left is not None and left <= 0):
                     break
                 self._condition.wait(WAKE_S if left is None else min(left, WAKE_S))
+            if not partial and not self._closed and not self._ready():
+                return None
             if self.synchronous and self._waiting:
                 self.gate.close()
                 self._condition.wait_for(lambda: self._in_flight == 0)

@@ -41,11 +41,12 @@ if TYPE_CHECKING:
 __all__ = ["Learner", "LearnerError", "TrainSample", "lr_at"]
 
 MEAN_STATS = ("clip_frac", "clip_frac_low", "clip_frac_high", "approx_kl", "entropy", "tis_weight_mean",
-              "tis_clip_frac", "sampler_kl")
+              "tis_clip_frac", "sampler_kl", "ref_kl")
 """LossStats fields that are means over a microbatch's model tokens: averaged over the batch by tokens."""
 MAX_STATS = ("ratio_max", "tis_weight_max")
 STAT_NAMES = {**{key: f"policy/{key}" for key in (*MEAN_STATS, *MAX_STATS)}, "tis_weight_mean": "tis/weight_mean",
-              "tis_clip_frac": "tis/clip_frac", "sampler_kl": "tis/sampler_kl", "tis_weight_max": "tis/weight_max"}
+              "tis_clip_frac": "tis/clip_frac", "sampler_kl": "tis/sampler_kl", "tis_weight_max": "tis/weight_max",
+              "ref_kl": "ref/kl"}
 """Metric names, as `LossStats.metrics` names them."""
 
 
@@ -77,9 +78,6 @@ class Learner:
         self.config = learner or LearnerConfig()
         self.optimizer_config = optimizer or OptimizerConfig()
         self.algorithm = algorithm or AlgorithmConfig()
-        if self.algorithm.kl_coef > 0:
-            raise LearnerError("algorithm.kl_coef > 0 needs a frozen reference model, which the learner does not "
-                               "load yet; set algorithm.kl_coef=0 (CWM trains without a KL term)")
         self.temperature = temperature
         self.step_count = 0
         """Optimizer steps taken (skipped steps do not count); the schedule's position."""
@@ -97,9 +95,26 @@ class Learner:
         else:
             self.model.to(self.device)
         self.model.train()
+        self.reference = self._frozen_reference(model_path, attn_implementation, trust_remote_code)
+        """The policy as it was loaded, never updated: the KL term's reference (None when `kl_coef` is 0)."""
         opt = self.optimizer_config
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, betas=(opt.beta1, opt.beta2),
                                            eps=opt.eps, weight_decay=opt.weight_decay)
+
+    def _frozen_reference(self, model_path: str | Path, attn_implementation: str, trust_remote_code: bool) -> Any:
+        """The initial weights again, frozen and sharded like the policy, when the loss has a KL term.
+
+        Loaded from `model_path`, not copied from the policy: a resumed run's policy has moved, its reference has
+        not (verl's `ref` worker and SkyRL's `ref_model` do the same)."""
+        if self.algorithm.kl_coef <= 0:
+            return None
+        reference = _load_model(model_path, attn_implementation, trust_remote_code)
+        reference.requires_grad_(False)
+        if self.distributed:
+            _shard(reference, self.config.fsdp, self.device, self.world_size)
+        else:
+            reference.to(self.device)
+        return reference.eval()
 
     @classmethod
     def from_config(cls, config: TrainConfig, *, model_path: str | Path | None = None, policy_version: int = 0,
@@ -173,6 +188,8 @@ class Learner:
         metrics |= {STAT_NAMES[key]: value for key, value in zip(MAX_STATS, highest)}
         if self.algorithm.tis_cap is None:  # the TIS stats are not measured without TIS
             metrics = {key: value for key, value in metrics.items() if not key.startswith("tis/")}
+        if self.reference is None:  # nor the KL to a reference there is none of
+            metrics.pop("ref/kl")
         return metrics
 
     def _apply(self, metrics: dict[str, float], started: float) -> dict[str, float]:
@@ -215,9 +232,20 @@ class Learner:
         loss, stats = policy_loss(
             logprobs, old, batch.advantages, batch.loss_mask, eps_low=algo.eps_low, eps_high=algo.eps_high,
             aggregation=aggregation, constant=constant, sampler_logprobs=batch.sampler_logprobs if tis else None,
-            tis_cap=algo.tis_cap, entropy=entropy)  # type: ignore[arg-type]
+            tis_cap=algo.tis_cap, entropy=entropy, ref_logprobs=self._reference_logprobs(batch),
+            kl_coef=algo.kl_coef, kl_estimator=algo.kl_estimator)  # type: ignore[arg-type]
         (loss * (weight * self.world_size)).backward()
         return stats, float(loss.detach()) * weight
+
+    def _reference_logprobs(self, batch: Microbatch) -> Any:
+        """The frozen reference's logprobs of the batch's tokens, (S, L) without gradient; None without a reference."""
+        import torch
+
+        if self.reference is None:
+            return None
+        with torch.no_grad(), self._autocast():
+            logprobs, _ = token_logprobs(self.reference, batch, self.temperature)
+        return batch.unpack(logprobs)
 
     def _idle_pass(self) -> None:
         """A forward and backward of weight zero, so this rank joins the other ranks' collectives."""
@@ -225,6 +253,9 @@ class Learner:
 
         ids = torch.zeros(1, 2, dtype=torch.long, device=self.device)
         with self._autocast():
+            if self.reference is not None:  # its sharded forward gathers across ranks too
+                with torch.no_grad():
+                    self.reference(input_ids=ids, use_cache=False)
             logits = self.model(input_ids=ids, use_cache=False).logits
         (logits.float().sum() * 0.0).backward()
 

@@ -30,6 +30,7 @@ from typing import Any
 from forager.core import ForagerError, Task
 from forager.train.buffer import RolloutBuffer
 from forager.train.config import TrainConfig, load_train_config
+from forager.train.demo import DEMO_MODEL, DEMO_TASKS, build_demo_model, demo_tasks
 from forager.train.rollout import RolloutWorkers, agent_config, collect_config
 
 CONFIG_FILE = "config.yaml"
@@ -130,6 +131,11 @@ def write_config(config: TrainConfig, out: Path) -> None:
 def load_tasks_for(config: TrainConfig) -> tuple[list[Task], str]:
     """The run's tasks (env.tasks, or the sample tasks) and the runtime to run them on."""
     env = config.env
+    if env.tasks == DEMO_TASKS:
+        if env.runtime == "docker":
+            raise ForagerError("env.tasks demo runs on the local runtime (its repository is on this machine); set "
+                               "env.runtime=local")
+        return demo_tasks(), "local"
     if env.tasks is None:
         from forager.images.sample import sample_tasks_for_runtime
 
@@ -156,7 +162,8 @@ def _build(config: TrainConfig, out: Path, stack: contextlib.ExitStack, engine: 
     from forager.train.metrics import MetricsWriter
 
     tasks, runtime = load_tasks_for(config)
-    model = resolve_model(config.model.path)
+    model = build_demo_model(agent_config(config)) if config.model.path == DEMO_MODEL else \
+        resolve_model(config.model.path)
     learner = Learner.from_config(config, model_path=model)
     summary = TrainSummary(out, config.learner.steps)
     cursor: dict[str, Any] = {}
@@ -236,7 +243,7 @@ def _next_batch(run: _Run) -> Any:
     """The next batch at the learner's version; raises when the rollout failed."""
     while True:
         run.rollout.check()
-        batch = run.buffer.take_batch(run.learner.policy_version, timeout=TAKE_TIMEOUT_S)
+        batch = run.buffer.take_batch(run.learner.policy_version, timeout=TAKE_TIMEOUT_S, partial=False)
         if batch is not None and batch.samples:
             return batch
         if batch is not None:

