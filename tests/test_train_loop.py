@@ -163,3 +163,31 @@ def test_a_run_dir_with_another_config_is_refused(tmp_path: Path, tiny_model: st
                                                                      f"out_dir={out}"]).to_yaml())
     done = run(command(out, tiny_model, "learner.lr=0.5"), tmp_path, timeout=120)
     assert done.returncode == 1 and "another config (learner.lr differ)" in done.stdout, done.stdout + done.stderr
+
+
+def test_two_ranks_under_torchrun_train_and_a_single_rank_resumes(tmp_path: Path, tiny_model: str) -> None:
+    """`torchrun --nproc_per_node 2`: rank 0 samples and reports, both ranks train their share of each batch
+    (FSDP2 over gloo), gather the weights for the engine and save one DCP shard each; one rank then resumes."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(port)]
+    args = [*launcher, *command(out, tiny_model, "learner.steps=2", "checkpoint.interval=1")[1:]]
+    done = run(args, tmp_path, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("training ") == 1  # rank 0 reports for both
+    lines = read_metrics(out)
+    assert [line["step"] for line in lines] == [1, 2]
+    for line in lines:  # the learner's counts are summed over the ranks: the whole batch, once
+        assert line["perf/samples"] == line["samples"] >= 2
+    newest = latest(out)
+    assert newest is not None and newest.name == "step-000002"
+    assert sorted(p.name for p in newest.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert json.loads((newest / "forager.json").read_text())["world_size"] == 2
+    again = run(command(out, tiny_model, "learner.steps=2", "checkpoint.interval=1"), tmp_path)
+    assert again.returncode == 0 and "resuming from" in again.stdout, again.stdout + again.stderr
+    assert [line["step"] for line in read_metrics(out)] == [1, 2]

@@ -7,6 +7,8 @@ them. The group's default action is the run itself; `plan` is its one subcommand
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +64,9 @@ def train(
     warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
     resolved = _load(config, list(ctx.args))
     run_dir = out or Path(resolved.out_dir)
+    if os.environ.get("RANK", "0") != "0":  # one rank of many under torchrun: rank 0 reports for all
+        run_training(resolved, run_dir)
+        return
     console.print(f"training {resolved.model.path}: {resolved.learner.steps} step(s), groups of "
                   f"{resolved.rollout.group_size}, max staleness {resolved.sync.max_staleness} -> {run_dir}")
     progress = _progress()
@@ -75,10 +80,13 @@ def train(
         progress.reset(bar, total=summary.total_steps, completed=summary.start_step, detail="sampling")
 
     def on_step(line: dict[str, Any], summary: TrainSummary) -> None:
-        progress.update(bar, completed=summary.step, detail=(
-            f"reward {line['reward_mean']:+.2f} · resolved {line['rollout/resolved_share']:.0%} · "
-            f"{summary.samples_per_s:.2f} samples/s · staleness max {line['staleness_max']} · "
-            f"v{summary.policy_version}"))
+        detail = (f"reward {line['reward_mean']:+.2f} · resolved {line['rollout/resolved_share']:.0%} · "
+                  f"{summary.samples_per_s:.2f} samples/s · staleness max {line['staleness_max']} · "
+                  f"v{summary.policy_version}")
+        progress.update(bar, completed=summary.step, detail=detail)
+        if not console.is_terminal and summary.step % resolved.logging.interval == 0:  # a log file: plain lines
+            eta = f" · eta {summary.eta_s:.0f} s" if summary.eta_s is not None else ""
+            console.print(f"step {summary.step}/{summary.total_steps} · {detail}{eta}")
 
     with progress:
         summary = run_training(resolved, run_dir, on_step=on_step, on_start=on_start)

@@ -41,6 +41,8 @@ CHECKPOINTS = "checkpoints"
 MANIFEST = "forager.json"
 DCP_METADATA = ".metadata"
 FORMAT = 1
+HF_DIR = "hf"
+"""The final weights in the transformers layout (`checkpoint.save_hf`), beside `checkpoints/`."""
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -101,6 +103,30 @@ def save(learner: Learner, run_dir: str | Path, *, data_cursor: dict[str, Any] |
         os.replace(staging, final)
         _fsync_dir(final.parent)
         _prune(Path(run_dir), keep_last)
+    _barrier(learner)
+    return final
+
+
+def save_hf(learner: Learner, run_dir: str | Path, model_path: str | Path) -> Path:
+    """The learner's weights in the transformers layout at `run_dir/hf` (config, safetensors, tokenizer), for
+    `forager collect --policy hf`, vLLM and `from_pretrained` (every rank calls this together: the full weights
+    are gathered from the shards; rank 0 writes). A previous `hf/` is replaced only once the new one is whole."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    full = learner.full_state_dict()
+    final = Path(run_dir) / HF_DIR
+    if learner.rank == 0:
+        staging = final.with_name(HF_DIR + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        config = AutoConfig.from_pretrained(str(model_path))
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(full, strict=True)
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(str(model_path)).save_pretrained(staging)
+        atomic_write_text(staging / "forager-policy.json", json.dumps(
+            {"policy_version": learner.policy_version, "learner_step": learner.step_count, "base_model": str(model_path)}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
     _barrier(learner)
     return final
 

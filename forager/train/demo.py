@@ -50,12 +50,14 @@ EDITS: tuple[tuple[str, str], ...] = (
     ("sum(values) / len(values)", "sum(values) // len(values)"),
 )
 """(old, new) of the edits the scripted agent chooses from; each applies, only the first fixes the bug."""
-TEST_COMMAND = "python -m pytest -q --tb=no -rf test_calc.py"
+TEST_COMMAND = "python -m pytest -q --tb=no -rf test_calc.py | grep FAILED"
+"""Its output names the failing test and nothing that changes between runs (no timings, no paths)."""
 PROBLEM = "A test in test_calc.py fails. Find the bug in calc.py and fix it, then submit."
 TESTS = ["total", "area", "half", "power", "mean"]
 DEMOS_PER_EDIT = 2
-SFT_STEPS = 300
+SFT_STEPS = 800
 SFT_LR = 3e-3
+"""Peak learning rate of the behaviour cloning, decayed to 1/30 of it (cosine): a sharp format, few broken calls."""
 SEED = 0
 DONE_MARKER = "forager-demo-model.json"
 
@@ -91,7 +93,7 @@ def build_demo_model(agent: AgentConfig, path: str | Path | None = None, *, log:
 
     recipe = {"version": RECIPE_VERSION, "tiny": recipe_hash(), "agent": agent.model_dump(), "edits": EDITS,
               "bug": BUG, "problem": PROBLEM, "tests": TEST_COMMAND, "demos": DEMOS_PER_EDIT,
-              "sft": [SFT_STEPS, SFT_LR, SEED], "repo": demo_repo().commit}
+              "sft": [SFT_STEPS, SFT_LR, "cosine/30", SEED], "repo": demo_repo().commit}
     target = Path(path) if path is not None else models_dir() / f"{DEMO_MODEL}-{content_digest(recipe)}"
     if (target / DONE_MARKER).exists():
         return target
@@ -162,6 +164,7 @@ def _clone(model: Path, demos: list[Trajectory], out: Path) -> float:
         random.seed(SEED)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).train()
         optimizer = torch.optim.AdamW(lm.parameters(), lr=SFT_LR, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, SFT_STEPS, eta_min=SFT_LR / 30)
         for _ in range(SFT_STEPS):
             logits = lm(input_ids=ids, use_cache=False).logits[:, :-1].float()  # position t predicts t + 1
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -169,6 +172,7 @@ def _clone(model: Path, demos: list[Trajectory], out: Path) -> float:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
     lm.eval().save_pretrained(out)
     AutoTokenizer.from_pretrained(model).save_pretrained(out)
     return float(loss.detach())

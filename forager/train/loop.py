@@ -1,7 +1,7 @@
 """The training loop: rollout -> buffer -> learner -> weight sync -> metrics -> checkpoint, resumable.
 
-Orchestration only; every stage is its own module. `train(config, out_dir)` builds the learner (one rank
-in this process; a multi-rank launch under torchrun is still to come), the engine (`rollout.backend`:
+Orchestration only; every stage is its own module. `train(config, out_dir)` builds the learner (this process,
+or one rank of many under torchrun: `forager.train.ranks`, rank 0 leading), the engine (`rollout.backend`:
 `hf` in this process, fed tensors directly; `remote`, a sampler process fed by `sync.WeightBroadcaster`;
 `vllm` is not wired in yet), the buffer and the rollout workers, then takes batches until
 `learner.steps` steps are done. A step whose batch carries no signal is still a step (the learner skips
@@ -78,16 +78,22 @@ class TrainSummary:
 
 @dataclass
 class _Run:
-    """The parts of a run, built once; the loop's state that a checkpoint keeps."""
+    """The parts of a run, built once; the loop's state that a checkpoint keeps. Only rank 0 (the leader) has an
+    engine, a buffer, the rollout and the metrics; the other ranks have the learner's shard."""
 
     config: TrainConfig
     learner: Any
     engine: Any
-    buffer: RolloutBuffer
-    rollout: RolloutWorkers
+    buffer: RolloutBuffer | None
+    rollout: RolloutWorkers | None
     metrics: Any
     trained: set[str]
     summary: TrainSummary
+    model_path: str
+
+    @property
+    def leader(self) -> bool:
+        return self.learner.rank == 0
 
 
 def train(config: TrainConfig, out_dir: str | Path | None = None, *,
@@ -97,12 +103,19 @@ def train(config: TrainConfig, out_dir: str | Path | None = None, *,
     SIGTERM stops cleanly (`summary.interrupted`), and the same call resumes.
 
     `engine`: an `Engine` object to sample with instead of the one `rollout.backend` names (the caller closes it)."""
+    from forager.train import ranks
+
     out = Path(out_dir or config.out_dir)
     config = config.model_copy(update={"out_dir": str(out)})
-    write_config(config, out)
     with _stop_on_sigterm(), contextlib.ExitStack() as stack:
+        if ranks.init_process_group():
+            import torch.distributed as dist
+
+            stack.callback(dist.destroy_process_group)
+        if ranks.rank_and_world()[0] == 0:
+            write_config(config, out)
         run = _build(config, out, stack, engine)
-        if on_start is not None:
+        if on_start is not None and run.leader:
             on_start(run.summary)
         try:
             _loop(run, on_step)
@@ -155,15 +168,16 @@ def load_tasks_for(config: TrainConfig) -> tuple[list[Task], str]:
 
 
 def _build(config: TrainConfig, out: Path, stack: contextlib.ExitStack, engine: Any) -> _Run:
-    """The learner (restored from the newest checkpoint), the engine, buffer, metrics writer and rollout."""
-    from forager.policies.models import resolve_model
-    from forager.train import checkpoint
+    """The learner (restored from the newest checkpoint); on the leader also the engine, buffer, metrics writer
+    and rollout."""
+    from forager.train import checkpoint, ranks
     from forager.train.learner import Learner
     from forager.train.metrics import MetricsWriter
 
-    tasks, runtime = load_tasks_for(config)
-    model = build_demo_model(agent_config(config)) if config.model.path == DEMO_MODEL else \
-        resolve_model(config.model.path)
+    rank, world_size = ranks.rank_and_world()
+    # The leader finds (or builds) the model and loads the tasks; the other ranks take its path.
+    tasks, runtime = load_tasks_for(config) if rank == 0 else ([], "")
+    model = ranks.broadcast(_model_path(config) if rank == 0 else None, world_size)
     learner = Learner.from_config(config, model_path=model)
     summary = TrainSummary(out, config.learner.steps)
     cursor: dict[str, Any] = {}
@@ -174,6 +188,10 @@ def _build(config: TrainConfig, out: Path, stack: contextlib.ExitStack, engine: 
         summary.resumed_from, summary.start_step = newest, int(cursor.get("step", restored.step))
         summary.step, summary.last_checkpoint = summary.start_step, newest
     summary.policy_version = learner.policy_version
+    if rank != 0:
+        if newest is not None:
+            _sync(learner, None)  # the full weights are gathered from every rank's shard
+        return _Run(config, learner, None, None, None, None, set(), summary, model)
     if engine is None:
         engine = _engine(config, model, learner.policy_version)
         stack.callback(engine.close)
@@ -190,7 +208,17 @@ def _build(config: TrainConfig, out: Path, stack: contextlib.ExitStack, engine: 
         cursor_state=cursor.get("rollout") or _fresh_cursor(config, len(tasks), out))
     rollout.start()
     stack.callback(rollout.stop, STOP_WAIT_S)
-    return _Run(config, learner, engine, buffer, rollout, metrics, set(cursor.get("trained", [])), summary)
+    return _Run(config, learner, engine, buffer, rollout, metrics, set(cursor.get("trained", [])), summary,
+                model)
+
+
+def _model_path(config: TrainConfig) -> str:
+    """What `model.path` names, as a directory or hub id (the demo's model and known names built on first use)."""
+    from forager.policies.models import resolve_model
+
+    if config.model.path == DEMO_MODEL:
+        return str(build_demo_model(agent_config(config)))
+    return resolve_model(config.model.path)
 
 
 def _engine(config: TrainConfig, model: str, version: int) -> Any:
@@ -206,8 +234,13 @@ def _engine(config: TrainConfig, model: str, version: int) -> Any:
 
 
 def _sync(learner: Any, engine: Any) -> None:
-    """Hand the learner's full weights to the engine under the learner's policy version."""
+    """Hand the learner's full weights to the engine under the learner's policy version. Every rank calls it (the
+    full tensors are gathered from the shards); only the leader has an engine to hand them to."""
     pairs = (pair for bucket in learner.state_dict_for_sync() for pair in bucket)
+    if engine is None:
+        for _ in pairs:
+            pass
+        return
     engine.update_weights(pairs, learner.policy_version)
 
 
@@ -215,28 +248,53 @@ def _loop(run: _Run, on_step: Callable[[dict[str, Any], TrainSummary], None] | N
     """Take a batch, step, sync, log, checkpoint; until the last step or a stop."""
     from forager.train.metrics import PhaseTimer
 
+    from forager.train import ranks
+
     config, summary, timer = run.config, run.summary, PhaseTimer()
     interval = config.checkpoint.interval
+    world_size = run.learner.world_size
     while summary.step < summary.total_steps:
         timer.reset()
         with timer("rollout"):
-            batch = _next_batch(run)
-        samples = [s for s in batch.samples if s.trajectory_id not in run.trained]
+            batch, samples = _next_samples(run)
         with timer("learner"):
-            learned = run.learner.step(samples)
+            learned = run.learner.step(ranks.share(samples, run.learner.rank, world_size))
         if not learned.get("learner/skipped"):  # a skipped step changed no weight: nothing to send
             with timer("sync"):
                 _sync(run.learner, run.engine)
         run.trained.update(s.trajectory_id for s in samples)
         summary.step += 1
-        line = _record(run, batch, learned, timer.metrics())
         last = summary.step == summary.total_steps
+        if not run.leader:
+            if (interval and summary.step % interval == 0) or last:
+                _checkpoint(run)
+            continue
+        line = _record(run, batch, learned, timer.metrics())
         if (interval and summary.step % interval == 0) or last:
             _checkpoint(run)
         if not last:
             run.buffer.resume()  # synchronous mode: the next groups sample with the new weights
         if on_step is not None:
             on_step(line, summary)
+
+
+def _next_samples(run: _Run) -> tuple[Any, list[Any]]:
+    """(batch, samples not trained on yet): the leader's next batch, its samples sent to every rank (the other
+    ranks get no batch). A stop while the leader waits reaches every rank as KeyboardInterrupt."""
+    from forager.train import ranks
+
+    world_size = run.learner.world_size
+    if not run.leader:
+        samples = ranks.broadcast(None, world_size)
+        if samples == ranks.STOP:
+            raise KeyboardInterrupt
+        return None, samples
+    try:
+        batch = _next_batch(run)
+    except KeyboardInterrupt:
+        ranks.broadcast(ranks.STOP, world_size)
+        raise
+    return batch, ranks.broadcast([s for s in batch.samples if s.trajectory_id not in run.trained], world_size)
 
 
 def _next_batch(run: _Run) -> Any:
@@ -270,10 +328,13 @@ def _record(run: _Run, batch: Any, learned: dict[str, float], times: dict[str, f
 def _checkpoint(run: _Run) -> None:
     from forager.train import checkpoint
 
-    cursor = {"step": run.summary.step, "rollout": _cursor_state(run), "trained": sorted(run.trained),
-              "buffer": dict(run.buffer.totals)}
+    cursor = None if not run.leader else {  # the leader's manifest holds the cursor
+        "step": run.summary.step, "rollout": _cursor_state(run), "trained": sorted(run.trained),
+        "buffer": dict(run.buffer.totals)}
     run.summary.last_checkpoint = checkpoint.save(run.learner, run.summary.out_dir, data_cursor=cursor,
                                                   keep_last=run.config.checkpoint.keep_last, step=run.summary.step)
+    if run.summary.step == run.summary.total_steps and run.config.checkpoint.save_hf:
+        checkpoint.save_hf(run.learner, run.summary.out_dir, run.model_path)
 
 
 def _cursor_state(run: _Run) -> dict[str, Any]:

@@ -233,19 +233,18 @@ class CheckpointConfig(BaseModel):
     keep_last: int = Field(2, ge=1)
     """Checkpoints kept; older ones are deleted once a newer one is complete."""
     save_hf: bool = True
-    """Also write the final weights in the transformers layout, loadable by vLLM and `forager collect`."""
+    """At the last step, also write the weights in the transformers layout to `out_dir/hf` (with the tokenizer),
+    loadable by vLLM, `from_pretrained` and `forager collect --policy hf --model OUT/hf`."""
     resume: bool = True
     """Continue from the newest checkpoint in `out_dir` when there is one."""
 
 
 class LoggingConfig(BaseModel):
-    """What the run reports."""
+    """What the run prints. `metrics.jsonl`, the TensorBoard events and `trajectories.jsonl` are always written:
+    resuming reads the last two, and `forager view` the trajectories."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     interval: int = Field(1, ge=1)
-    """Print and record metrics every this many steps."""
-    backends: list[Literal["stdout", "jsonl"]] = Field(default_factory=lambda: ["stdout", "jsonl"])
-    """`stdout`: one line per logged step; `jsonl`: `metrics.jsonl` in `out_dir`."""
-    save_trajectories: bool = True
-    """Append every trajectory trained on to `trajectories.jsonl` in `out_dir` (viewable with the trajectory viewer)."""
+    """When the output is not a terminal (a cluster job's log), print one line every this many steps; a terminal
+    gets the live progress bar instead."""
