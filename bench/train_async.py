@@ -29,9 +29,10 @@ With a 16,384-token budget the ratio measured 1.6-1.7x on 2 shared cores (async 
 closes (~3-4x the budget here), which amortizes its wait for the tail; a budget of 8,192 tokens (~1 group
 a step asynchronous) lets the asynchronous learner keep pace: 3.1x and 4.4x in two runs (sync 0.29 and 0.20
 samples/s, as its batches' tail draws and the machine's load vary; async 0.90 and 0.86), 2.6x over the whole
-runs with the first fill. Caveat: zero-advantage groups are skipped in both, and the scripted engine's
-per-task failure count interleaves across concurrent groups of one task; sync trained about half of its 92
-episodes, async about 90% of its 44, which flatters async (not yet fixed). The staleness bound must
+runs with the first fill. Zero-advantage groups are skipped in both; each episode's outcome is a seeded draw
+in the order episodes start (an earlier version failed every second episode of a task, which interleaved
+across concurrent groups: sync trained about half of its episodes, async about 90%, which flattered async).
+The staleness bound must
 cover a long episode (`--long-factor` x a short one) in learner steps, or the asynchronous mode drops the long
 tail as stale (`dropped_stale`); with 8,192 tokens the lag reaches 8.
 """
@@ -48,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forager.core import Message, PolicyOutput, Task
+from forager.core import Message, PolicyOutput, Task, ToolCall
 from forager.testing.scripted_engine import ScriptedEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,13 +58,18 @@ TINY_CONFIG = ROOT / "configs" / "train" / "tiny-cpu.yaml"
 
 class HeavyTailEngine(ScriptedEngine):
     """The scripted engine with per-episode sampling time: `turn_s` a turn, `long_factor` times that for the
-    episodes the seeded draw marks long. An episode is known by the rollout thread running it (one episode a
-    thread at a time), its class drawn at its first turn."""
+    episodes the seeded draw marks long; and per-episode outcomes: an episode the draw marks failing submits at
+    once, unfixed (probability `fail_share`). An episode is known by the rollout thread running it (one episode
+    a thread at a time), its class and outcome drawn at its first turn, from one seeded sequence in the order
+    episodes start: both modes see the same draws, and a group's chance to carry no signal (every member alike)
+    is the same in both, whatever the interleaving of concurrent groups."""
 
-    def __init__(self, *, turn_s: float, long_every: int, long_factor: float, seed: int, fail_every: int = 2) -> None:
-        super().__init__(fail_every=fail_every)
-        self.turn_s, self.long_factor = turn_s, long_factor
+    def __init__(self, *, turn_s: float, long_every: int, long_factor: float, seed: int,
+                 fail_share: float = 0.5) -> None:
+        super().__init__(fail_every=0)
+        self.turn_s, self.long_factor, self.fail_share = turn_s, long_factor, fail_share
         self._draw = random.Random(seed)
+        self._failing: dict[int, bool] = {}
         self._long_every = long_every
         self._by_thread: dict[int, float] = {}
         self._classes = threading.Lock()
@@ -76,12 +82,19 @@ class HeavyTailEngine(ScriptedEngine):
         with self._classes:
             if not any(m.get("role") == "assistant" for m in messages):  # an episode's first turn: draw its class
                 long = self._draw.randrange(self._long_every) == 0
+                self._failing[thread] = self._draw.random() < self.fail_share
                 self.long_episodes += long
                 self.episodes_started += 1
                 self._by_thread[thread] = self.turn_s * (self.long_factor if long else 1.0)
             delay = self._by_thread.get(thread, self.turn_s)
         time.sleep(delay)
         return super().act(messages, task=task, prefix_token_ids=prefix_token_ids, max_tokens=max_tokens, tools=tools)
+
+    def _next_call(self, messages: list[Message], task: Task) -> ToolCall:
+        first = not any(m.get("role") == "assistant" for m in messages)
+        with self._classes:
+            failing = first and self._failing.get(threading.get_ident(), False)
+        return ToolCall(name="submit") if failing else super()._next_call(messages, task)
 
 
 def overrides(args: argparse.Namespace, model: str, staleness: int, steps: int) -> list[str]:

@@ -62,23 +62,28 @@ def resolved_share(trajectories: list[Trajectory]) -> float:
     return sum(t.resolved for t in trajectories) / len(trajectories)
 
 
-def first_version(trajectory: Trajectory) -> int:
-    return min(m.policy_version for m in trajectory.messages if m.role == "assistant" and m.policy_version is not None)
+def edit_version(trajectory: Trajectory) -> int:
+    """The policy version that sampled the episode's edit (its second turn), or its only turn."""
+    turns = [m.policy_version for m in trajectory.messages if m.role == "assistant" and m.policy_version is not None]
+    return turns[1] if len(turns) > 1 else turns[0]
 
 
+@pytest.mark.timeout(900)  # the model's first build (about 90 s) may fall in it; the run takes about 2 minutes
 def test_a_short_demo_run_learns(demo_config, tmp_path, one_torch_thread):
-    """12 asynchronous steps: the resolved share of the episodes sampled by the initial weights is at most 0.3,
-    that of the episodes sampled by the last three versions at least 0.7 (the full demo reaches 0.8 and more)."""
-    config = demo_config.model_copy(update={"learner": demo_config.learner.model_copy(update={"steps": 12}),
-                                            "checkpoint": demo_config.checkpoint.model_copy(update={"interval": 6})})
+    """8 asynchronous steps: the resolved share of the episodes whose edit the initial weights sampled is at
+    most 0.3, that of the episodes whose edit the last three versions sampled at least 0.75 (the full demo
+    reaches about 0.9)."""
+    config = demo_config.model_copy(update={"learner": demo_config.learner.model_copy(update={"steps": 8}),
+                                            "checkpoint": demo_config.checkpoint.model_copy(update={"interval": 4})})
     summary = train(config, tmp_path / "run")
-    assert summary.step == 12 and summary.policy_version >= 10
+    assert summary.step == 8 and summary.policy_version >= 6  # a batch of all-resolved groups changes nothing
     episodes = list(read_trajectories([tmp_path / "run"]))
-    initial = [t for t in episodes if first_version(t) == 0]
-    late = [t for t in episodes if first_version(t) >= summary.policy_version - 3]
+    initial = [t for t in episodes if edit_version(t) == 0]
+    late = [t for t in episodes if edit_version(t) >= summary.policy_version - 3]
     assert len(initial) >= 16 and len(late) >= 16
     assert resolved_share(initial) <= 0.3, resolved_share(initial)
-    assert resolved_share(late) >= 0.7, resolved_share(late)
+    assert resolved_share(late) >= 0.75, resolved_share(late)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == list(range(1, 13))
+    assert [line["step"] for line in lines] == list(range(1, 9))
+    assert (tmp_path / "run" / "curves.svg").read_text().count("<polyline") >= 6
     assert all(line["staleness_max"] <= 2 for line in lines) and lines[-1]["ref/kl"] > 0

@@ -329,3 +329,14 @@ def test_sample_from_a_trajectory():
 def test_pack_first_fit_longest_first():
     assert pack([50, 30, 60, 20, 40], 100) == [[2, 4], [0, 1, 3]]
     assert pack([], 100) == []
+
+
+def test_ranks_share_every_sample_once_balanced_by_tokens():
+    from forager.train.ranks import share
+
+    samples = make_samples(21, 9)
+    parts = [share(samples, rank, 3) for rank in range(3)]
+    assert sorted(id(s) for part in parts for s in part) == sorted(id(s) for s in samples)
+    loads = [sum(len(s.token_ids) for s in part) for part in parts]
+    assert max(loads) - min(loads) <= max(len(s.token_ids) for s in samples)  # greedy: within one sample
+    assert share(samples, 0, 1) == samples and share(samples[:1], 1, 2) == []

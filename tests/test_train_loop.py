@@ -77,6 +77,11 @@ def test_a_tiny_run_leaves_config_metrics_trajectories_checkpoints_and_events(tm
     assert len(ids) >= 6 and len(ids) == len(set(ids))
     assert latest(out) is not None and latest(out).name == "step-000003"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(out / "hf")  # the last step's weights, in the transformers layout
+    assert json.loads((out / "hf" / "forager-policy.json").read_text())["policy_version"] == lines[-1]["policy_version"]
+    assert final.config.vocab_size > 0 and (out / "hf" / "tokenizer_config.json").exists()
     viewed = run([sys.executable, "-m", "forager", "view", str(out), "--out", str(tmp_path / "v.html")], tmp_path)
     assert viewed.returncode == 0 and (tmp_path / "v.html").stat().st_size > 0, viewed.stdout + viewed.stderr
     # The same command on a finished run resumes from its last checkpoint and has nothing left to do.

@@ -113,7 +113,8 @@ def _summary_table(summary: TrainSummary) -> None:
     for key, value in [
         ("steps", f"{summary.start_step} -> {summary.step} of {summary.total_steps}"),
         ("policy version", str(summary.policy_version)),
-        ("reward mean", f"{rewards[0]:+.3f} (first) -> {rewards[-1]:+.3f} (last)" if rewards else "-"),
+        ("reward mean", f"{_mean(rewards[:3]):+.3f} (first {min(3, len(rewards))} steps) -> {_mean(rewards[-3:]):+.3f} "
+                        f"(last {min(3, len(rewards))})" if rewards else "-"),
         ("resolved share (last step)", f"{summary.resolved_share:.0%}"),
         ("samples trained", f"{summary.samples} ({summary.samples_per_s:.2f}/s) from {summary.episodes} episodes"),
         ("dropped stale", str(summary.dropped_stale)),
@@ -125,7 +126,12 @@ def _summary_table(summary: TrainSummary) -> None:
     console.print(table)
     out = summary.out_dir
     console.print(f"metrics:      [bold]{out / 'metrics.jsonl'}[/] (tensorboard --logdir {out / 'tensorboard'})\n"
+                  f"curves:       {out / 'curves.svg'}\n"
                   f"trajectories: forager view {out}")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 @train_app.command()

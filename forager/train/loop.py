@@ -8,7 +8,8 @@ or one rank of many under torchrun: `forager.train.ranks`, rank 0 leading), the 
 the update; `learner/skipped` says so).
 
 The run directory holds `config.yaml` (the resolved config; a different config there is refused),
-`trajectories.jsonl`, `metrics.jsonl`, `tensorboard/` and `checkpoints/`. A checkpoint's data cursor is the
+`trajectories.jsonl`, `metrics.jsonl`, `tensorboard/`, `checkpoints/`, `curves.svg` (drawn at every checkpoint)
+and, at the end, `hf/` (the final weights in the transformers layout). A checkpoint's data cursor is the
 loop's step, the task cursor's state, the ids trained on and the buffer's counters. The groups waiting in
 the buffer at a checkpoint are handed to the cursor as open groups, so a resumed run trains them (their
 members are read back from the store, never sampled twice). Resuming restores the policy version with the
@@ -335,6 +336,11 @@ def _checkpoint(run: _Run) -> None:
                                                   keep_last=run.config.checkpoint.keep_last, step=run.summary.step)
     if run.summary.step == run.summary.total_steps and run.config.checkpoint.save_hf:
         checkpoint.save_hf(run.learner, run.summary.out_dir, run.model_path)
+    if run.leader:
+        from forager.train.curves import write_curves
+        from forager.train.metrics import read_metrics
+
+        write_curves(run.summary.out_dir, read_metrics(run.summary.out_dir))
 
 
 def _cursor_state(run: _Run) -> dict[str, Any]:
