@@ -28,10 +28,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from forager.train.fsdp import checkpoint_layers, default_device, load_model, shard
 from forager.train.loss import policy_loss
+from forager.train.ranks import rank_and_world
 from forager.train.samples import LearnerError, Microbatch, TrainSample, build_microbatch, check_samples, pack, \
     token_logprobs
-from forager.train.sections import AlgorithmConfig, FSDPConfig, LearnerConfig, OptimizerConfig
+from forager.train.sections import AlgorithmConfig, LearnerConfig, OptimizerConfig
 
 if TYPE_CHECKING:
     import torch
@@ -83,15 +85,15 @@ class Learner:
         """Optimizer steps taken (skipped steps do not count); the schedule's position."""
         self.policy_version = policy_version
         """The version of the current weights: what the engines report after the next weight sync."""
-        self.rank, self.world_size = _rank_and_world()
+        self.rank, self.world_size = rank_and_world()
         self.distributed = self.world_size > 1
-        self.device = torch.device(device) if device else _default_device(self.config)
-        self.model = _load_model(model_path, attn_implementation, trust_remote_code)
+        self.device = torch.device(device) if device else default_device(self.config)
+        self.model = load_model(model_path, attn_implementation, trust_remote_code)
         self.vocab_size: int = self.model.get_input_embeddings().num_embeddings
         if self.config.fsdp.activation_checkpointing:
-            _checkpoint_layers(self.model)
+            checkpoint_layers(self.model)
         if self.distributed:
-            _shard(self.model, self.config.fsdp, self.device, self.world_size)
+            shard(self.model, self.config.fsdp, self.device, self.world_size)
         else:
             self.model.to(self.device)
         self.model.train()
@@ -108,10 +110,10 @@ class Learner:
         not (verl's `ref` worker and SkyRL's `ref_model` do the same)."""
         if self.algorithm.kl_coef <= 0:
             return None
-        reference = _load_model(model_path, attn_implementation, trust_remote_code)
+        reference = load_model(model_path, attn_implementation, trust_remote_code)
         reference.requires_grad_(False)
         if self.distributed:
-            _shard(reference, self.config.fsdp, self.device, self.world_size)
+            shard(reference, self.config.fsdp, self.device, self.world_size)
         else:
             reference.to(self.device)
         return reference.eval()
@@ -343,82 +345,3 @@ class Learner:
         """Every full weight by name, on the CPU (a collective under FSDP2: every rank calls it)."""
         return {name: tensor.to("cpu", copy=True)
                 for bucket in self.state_dict_for_sync(dtype=dtype) for name, tensor in bucket}
-
-
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _default_device(config: LearnerConfig) -> torch.device:
-    """CUDA device LOCAL_RANK when the config asks for GPUs, else the CPU."""
-    import os
-
-    import torch
-
-    if config.num_gpus == 0:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise LearnerError(f"learner.num_gpus is {config.num_gpus} but torch sees no GPU; set learner.num_gpus=0 "
-                           "to train on the CPU")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    torch.cuda.set_device(device)
-    return device
-
-
-def _load_model(path: str | Path, attn_implementation: str, trust_remote_code: bool) -> Any:
-    """The causal LM in float32 (the optimizer's master weights), with the attention kernel asked for."""
-    import torch
-    import transformers
-    from packaging.version import Version
-    from transformers import AutoModelForCausalLM
-
-    if not hasattr(getattr(transformers, "masking_utils", None), "find_packed_sequence_indices"):
-        raise LearnerError(f"transformers {transformers.__version__} does not mask attention between packed "
-                           "sequences (masking_utils.find_packed_sequence_indices); install transformers>=4.56")
-    dtype_kw = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(path), attn_implementation=attn_implementation,
-                                                    trust_remote_code=trust_remote_code, **{dtype_kw: torch.float32})
-    except (OSError, ValueError) as err:
-        raise LearnerError(f"cannot load the model {path}: {err}") from err
-
-
-def _checkpoint_layers(model: Any) -> None:
-    """Keep only each decoder layer's input and recompute the layer in backward (non-reentrant checkpointing)."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 renamed it
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def _shard(model: Any, fsdp: FSDPConfig, device: torch.device, world_size: int) -> None:
-    """FSDP2: one `fully_shard` unit per decoder layer (`_no_split_modules` names their class), then the root."""
-    import torch
-    from torch.distributed.device_mesh import init_device_mesh
-
-    try:
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-    except ImportError:  # torch 2.4 and 2.5 keep FSDP2 under _composable
-        from torch.distributed._composable.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-
-    if not fsdp.cpu_offload:
-        model.to(device)
-    mesh = init_device_mesh(device.type, (world_size,))
-    options: dict[str, Any] = {
-        "mesh": mesh, "reshard_after_forward": fsdp.reshard_after_forward,
-        "mp_policy": MixedPrecisionPolicy(param_dtype=getattr(torch, fsdp.param_dtype),
-                                          reduce_dtype=getattr(torch, fsdp.reduce_dtype))}
-    if fsdp.cpu_offload:
-        options["offload_policy"] = CPUOffloadPolicy()
-    layer_types = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in layer_types]
-    if not layers:
-        raise LearnerError(f"{type(model).__name__} names no decoder layer class (_no_split_modules): cannot shard "
-                           "it layer by layer")
-    for layer in layers:
-        fully_shard(layer, **options)
-    fully_shard(model, **options)
