@@ -322,8 +322,11 @@ def signalled_rollout(tmp_path: Path, runtime: str, tasks: str, env: dict[str, s
             while True:
                 buffer.take_batch(0, timeout=1)
     """)
+    # A shell's background job (`pytest ... &`) ignores SIGINT, and a child inherits that: restore the default,
+    # so that Python turns SIGINT into KeyboardInterrupt as in a terminal.
     return subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def interrupt(process: subprocess.Popen, started: Callable[[], bool], signum: int) -> None:
