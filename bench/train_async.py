@@ -21,20 +21,18 @@ and the whole run's samples per second, the first fill included. Last line: one 
 
 What bounds the ratio: asynchronous training removes the rollouts' wait for the slowest episode of each
 batch and the learner's wait for the rollouts, so it gains most when sampling dominates a synchronous step
-(as in real SWE RL, where a turn of a large model takes seconds). Here the learner and the rollout threads
-(their tools and gradings are subprocesses) share the machine's CPU cores: asynchronous, the learner rarely
-waits but steps several times slower per token than when the gate idles the rollouts, and it sets the pace.
-With a 16,384-token budget the ratio measured 1.6-1.7x on 2 shared cores (async learner-bound: idle share
-~0.03, ~1,500 tokens/s against ~5,800 in sync). A synchronous batch takes every group in flight when the gate
-closes (~3-4x the budget here), which amortizes its wait for the tail; a budget of 8,192 tokens (~1 group
-a step asynchronous) lets the asynchronous learner keep pace: 3.1x and 4.4x in two runs (sync 0.29 and 0.20
-samples/s, as its batches' tail draws and the machine's load vary; async 0.90 and 0.86), 2.6x over the whole
-runs with the first fill. Zero-advantage groups are skipped in both; each episode's outcome is a seeded draw
-in the order episodes start (an earlier version failed every second episode of a task, which interleaved
-across concurrent groups: sync trained about half of its episodes, async about 90%, which flattered async).
-The staleness bound must
-cover a long episode (`--long-factor` x a short one) in learner steps, or the asynchronous mode drops the long
-tail as stale (`dropped_stale`); with 8,192 tokens the lag reaches 8.
+(as in real SWE RL, where a turn of a large model takes seconds). Here the rollouts set the pace in both
+modes (a turn sleeps 1 s, the tiny learner steps in about a second): the ratio is about the episode slots'
+busy shares, async over sync, times the shares of episodes trained.
+A synchronous batch takes every group in flight when the gate closes (~5 groups here), which amortizes its
+wait for the tail. Measured on 2 shared cores with the defaults (8 slots, 8,192-token batches, each episode's
+outcome a seeded draw, whole token-budget batches): 2.19x (sync 0.170 samples/s, learner idle 0.93, slots busy
+0.39; async 0.372 samples/s, idle 0.86, slots busy 0.89), 1.58x over the whole runs. Both modes train 40-50%
+of their episodes (the rest: zero-advantage groups, and groups still in flight at the end). Earlier figures
+(3.1-4.4x) came from an engine whose failures interleaved across concurrent groups (sync trained about half
+of its episodes, async about 90%) and from a loop that took partial batches every second; both are fixed.
+The staleness bound must cover a long episode (`--long-factor` x a short one) in learner steps, or the
+asynchronous mode drops the long tail as stale (`dropped_stale`); with 8,192 tokens the lag reaches 7-8.
 """
 
 from __future__ import annotations
