@@ -27,8 +27,9 @@ busy shares, async over sync, times the shares of episodes trained.
 A synchronous batch takes every group in flight when the gate closes (~5 groups here), which amortizes its
 wait for the tail. Measured on 2 shared cores with the defaults (8 slots, 8,192-token batches, each episode's
 outcome a seeded draw, whole token-budget batches): 2.19x (sync 0.170 samples/s, learner idle 0.93, slots busy
-0.39; async 0.372 samples/s, idle 0.86, slots busy 0.89), 1.58x over the whole runs; with `--concurrency 16`, 2.47x (sync 0.250, async 0.617 samples/s; async
-learner idle 0.33, 7 samples dropped stale at the bound of 8), 1.76x over the whole runs. Both modes train 40-50%
+0.39; async 0.372 samples/s, idle 0.86, slots busy 0.89), 1.58x over the whole runs; with `--concurrency 16`,
+2.47x (sync 0.250, async 0.617 samples/s; async learner idle 0.33, 7 samples dropped stale at the bound of 8),
+1.76x over the whole runs. Both modes train 40-50%
 of their episodes (the rest: zero-advantage groups, and groups still in flight at the end). Earlier figures
 (3.1-4.4x) came from an engine whose failures interleaved across concurrent groups (sync trained about half
 of its episodes, async about 90%) and from a loop that took partial batches every second; both are fixed.
