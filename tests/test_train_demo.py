@@ -86,4 +86,5 @@ def test_a_short_demo_run_learns(demo_config, tmp_path, one_torch_thread):
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, 9))
     assert (tmp_path / "run" / "curves.svg").read_text().count("<polyline") >= 6
-    assert all(line["staleness_max"] <= 2 for line in lines) and lines[-1]["ref/kl"] > 0
+    assert all(line["staleness_max"] <= 2 for line in lines)
+    assert any(line.get("ref/kl", 0.0) > 0 for line in lines)  # a skipped step (all resolved) has no loss metrics
