@@ -3,6 +3,7 @@ the errors and the defaults. The Runtime seam is `forager.runtime.base.ShellRunt
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -90,6 +91,12 @@ class Task(BaseModel):
     def tests(self) -> list[str]:
         """Every test that grading runs, FAIL_TO_PASS first, without duplicates."""
         return list(dict.fromkeys([*self.FAIL_TO_PASS, *self.PASS_TO_PASS]))
+
+    @property
+    def start_digest(self) -> str:
+        """A short digest of what decides the task's starting tree: where it runs, its base commit, its setup patch."""
+        state = "\0".join([self.image or "", self.local_repo or "", self.workdir, self.base_commit, self.setup_patch or ""])
+        return hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from forager.runtime.docker import docker_client
 from forager.runtime.pool import WarmPool
 from tests.conftest import SAMPLE_IMAGE, needs_docker
@@ -68,4 +70,85 @@ def test_a_dead_idle_runtime_is_skipped():
         runtime = pool.take(SAMPLE_IMAGE, "/repo")
         assert pool.hits == 0 and pool.misses == 2
         assert runtime.container_id != idle_id and runtime.run("echo ok").output.strip() == "ok"
+        runtime.close()
+
+
+def _wait(predicate, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert predicate()
+
+
+def test_announced_episodes_start_from_a_prepared_checkout_and_grade_in_a_prepared_container():
+    """`expect` has the pool check the task out (and prepare its grading) ahead; the agent sees the same
+    tree as an inline checkout, with no trace of the fix, and each container still serves one take."""
+    import gymnasium
+
+    import forager.envs  # noqa: F401 - registers forager/SWE-v0
+    from forager.images.sample import sample_tasks
+    from forager.runtime.docker import reaper
+    from forager.tasks.checkout import leaked_objects
+
+    task = sample_tasks(SAMPLE_IMAGE)[0]
+    inline = gymnasium.make("forager/SWE-v0", task=task, runtime="docker").unwrapped
+    inline.reset()
+    tree = inline.runtime.run_checked("git rev-parse HEAD^{tree}").strip()
+    inline.close()
+    client = docker_client()
+    with WarmPool(1) as pool:
+        env = gymnasium.make("forager/SWE-v0", runtime="docker", warm_pool=pool, max_turns=5).unwrapped
+        env.expect(task, 2)
+        _wait(lambda: pool.stats()["idle"] >= 2)  # two checkouts
+        seen = set()
+        for _ in range(2):
+            obs, info = env.reset(options={"task": task})
+            assert env.runtime.prepared[0].startswith("checkout:")
+            assert env.runtime.container_id not in seen
+            seen.add(env.runtime.container_id)
+            assert env.runtime.run_checked("git rev-parse HEAD^{tree}").strip() == tree
+            assert env.start_commit == env.runtime.run_checked("git rev-parse HEAD").strip()
+            assert leaked_objects(env.runtime).clean
+            assert env.runtime.run("git status --porcelain").output.strip() == ""
+        assert (pool.prepared_hits, pool.prepared_misses) == (2, 0)
+        _wait(lambda: pool.stats()["warming"] == 0)  # each reset announced its grading: the first one's is spare
+        env.runtime.write_file("fix.patch", task.patch)
+        env.runtime.run_checked("git apply fix.patch && rm fix.patch")
+        *_, info = env.step("<tool: submit>\n</tool>")
+        assert info["resolved"], info["reward_details"]
+        assert pool.prepared_hits == 3  # the grading container was prepared too
+        env.close()
+        idle = {r.container_id for q in pool._ready.values() for r in q}
+    reaper.drain()
+    assert not _ours(client, seen | idle)
+
+
+def test_the_prepared_limit_evicts_the_oldest_surplus_and_a_failed_preparation_falls_back():
+    from forager.runtime.base import Preparation, prepared
+
+    def mark(name):
+        return Preparation(name, lambda runtime: runtime.run_checked(f"echo {name} > /tmp/mark && echo {name}").strip())
+
+    with WarmPool(0, prepared_limit=1) as pool:
+        pool.expect(SAMPLE_IMAGE, mark("a"))
+        taken = pool.take(SAMPLE_IMAGE, preparation=mark("a"))  # before the preparation is done: a plain one
+        assert pool.prepared_misses == 1 and taken.prepared is None
+        assert prepared(taken, mark("a")) == "a" and taken.run("cat /tmp/mark").output.strip() == "a"
+        taken.close()
+        _wait(lambda: pool.idle() == 1)  # the late one: idle, and no take is announced for it
+        (surplus,) = [r for q in pool._ready.values() for r in q]
+        pool.expect(SAMPLE_IMAGE, mark("b"))  # no room: the surplus "a" goes
+        assert surplus.closed
+        _wait(lambda: pool.idle() == 1)
+        b = pool.take(SAMPLE_IMAGE, preparation=mark("b"))
+        assert b.prepared == ("b", "b") and b.run("cat /tmp/mark").output.strip() == "b"
+        b.close()
+
+        broken = Preparation("broken", lambda runtime: runtime.run_checked("exit 3"))
+        pool.expect(SAMPLE_IMAGE, broken)
+        _wait(lambda: pool.stats()["warming"] == 0)
+        runtime = pool.take(SAMPLE_IMAGE, preparation=broken)
+        assert runtime.prepared is None  # the taker runs it and sees the error itself
+        with pytest.raises(RuntimeError, match=r"command failed \(3\)"):
+            prepared(runtime, broken)
         runtime.close()

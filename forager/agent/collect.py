@@ -233,8 +233,15 @@ def stop_on_sigint(stop: threading.Event, on_stopping: Callable[[], None] | None
 
 
 def make_pool(config: CollectConfig) -> WarmPool | None:
-    """The warm pool the workers share, or None (none asked for, or the local runtime, which starts nothing)."""
-    return WarmPool(config.warm_pool) if config.warm_pool and config.runtime != "local" else None
+    """The warm pool the workers share, or None (none asked for, or the local runtime, which starts nothing).
+
+    Room for two prepared containers per worker (its next episode's checkout and its grading), and a
+    warming thread per four workers (at least 2, at most 8): `docker run` is the engine's work, not ours.
+    """
+    if not config.warm_pool or config.runtime == "local":
+        return None
+    return WarmPool(config.warm_pool, threads=min(8, max(2, config.workers // 4)),
+                    prepared_limit=max(8, 2 * config.workers + config.warm_pool))
 
 
 def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None) -> SWEEnv:
@@ -247,19 +254,23 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
     if not pending:
         return
     policy = policy_spec.build()
-    work: queue.SimpleQueue[tuple[Task, int]] = queue.SimpleQueue()
-    for item in pending:
-        work.put(item)
+    work: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(pending)):
+        work.put(index)
     pool = make_pool(config)
+    ahead = min(config.workers, len(pending))  # the episode a worker starts is announced a wave ahead
 
     def worker() -> None:
         env = make_worker_env(agent, config, pool)
         try:
             while not stop.is_set():
                 try:
-                    task, sample = work.get_nowait()
+                    index = work.get_nowait()
                 except queue.Empty:
                     return
+                if index + ahead < len(pending):
+                    env.expect(pending[index + ahead][0])
+                task, sample = pending[index]
                 finished(run_episode(env, policy, task, agent, sample=sample))
         except BaseException:  # writing failed (disk full?): stop everyone; run_workers hands the error back
             stop.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -22,11 +23,12 @@ from forager.core import (
 from forager.envs.options import EpisodeOptions
 from forager.envs.tools import TOOLS, ActionError, cap_text, execute, parse_action
 from forager.rewards import RewardConfig, RewardResult, grade_patch
-from forager.runtime.base import ShellRuntime
+from forager.rewards.grading import grading_preparation
+from forager.runtime.base import Preparation, ShellRuntime, prepared
 from forager.runtime.docker import DockerLimits
 from forager.runtime.pool import WarmPool, shared_pool
 from forager.runtime.registry import RuntimeKind, open_runtime
-from forager.tasks.checkout import checkout_task
+from forager.tasks.checkout import checkout_preparation
 from forager.tasks.store import load_tasks
 
 log = logging.getLogger(__name__)
@@ -106,20 +108,29 @@ class SWEEnv(gym.Env[str, str]):
         self.done = True
         self.last_result: RewardResult | None = None
         self._last_obs = ""
+        self._next_draw: Task | None = None  # the next random task, drawn early so the pool can prepare it
+        self._announced: dict[str, tuple[str, Preparation, dict[str, Any]]] = {}
+        """What this env told the pool to prepare and has not taken yet: "grading" and "next" reset."""
 
     # -- gymnasium API ---------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         super().reset(seed=seed)
+        self._withdraw("grading")  # the last episode ended without grading
+        if seed is not None:
+            self._next_draw = None  # drawn from the generator the seed replaced
+            self._withdraw("next")
         self.options = self.defaults.updated(options)
         self.task = self._pick_task(self.options.task)
         started = time.monotonic()
         self._close_runtime()
-        self.runtime = self._open_runtime(self.task)
+        checkout = checkout_preparation(self.task)
+        self.runtime = self._open_runtime(self.task, checkout)
         try:
-            self.start_commit = checkout_task(self.runtime, self.task)
+            self.start_commit = prepared(self.runtime, checkout)
         except Exception:
             self._close_runtime()
             raise
+        self._announce_next()
         self.turn, self.done, self.last_result = 0, False, None
         settings = self.options
         system, obs = settings.prompts.render(
@@ -175,6 +186,8 @@ class SWEEnv(gym.Env[str, str]):
         return self._last_obs if self.render_mode == "ansi" else None
 
     def close(self) -> None:
+        self._withdraw("grading")
+        self._withdraw("next")
         self._close_runtime()
         super().close()
 
@@ -193,8 +206,47 @@ class SWEEnv(gym.Env[str, str]):
             self.last_result = RewardResult(self.reward_config.unresolved, resolved=False, resolution="NO",
                                             error=f"no diff: {err}")
             return self.last_result
-        self.last_result = grade_patch(self.task, patch, self._open_runtime, self.reward_config)
+        self._announced.pop("grading", None)  # taken now
+        open_graded = functools.partial(self._open_runtime, preparation=grading_preparation(self.task))
+        self.last_result = grade_patch(self.task, patch, open_graded, self.reward_config)
         return self.last_result
+
+    def expect(self, task: Task | dict[str, Any] | str, count: int = 1) -> None:
+        """Announce `count` episodes of `task` to come (say, a GRPO group): with a warm pool, containers
+        are checked out for them in the background (each episode's reset then announces its grading).
+        Without a pool nothing happens."""
+        if self.pool is None or count <= 0:
+            return
+        task = self._pick_task(task)
+        if task.image:
+            self.pool.expect(task.image, checkout_preparation(task), count, workdir=task.workdir, limits=self.limits,
+                             command_timeout=self.options.command_timeout, max_output_bytes=self.options.max_output_bytes)
+
+    def _announce_next(self) -> None:
+        """With a pool: this episode's grading, and the next reset's task when the env draws it itself."""
+        if self.pool is None or self.task is None or not self.task.image:
+            return
+        self._announce("grading", self.task, grading_preparation(self.task), self.options)
+        if self.options.task is not None:
+            return  # the caller chooses the tasks, and announces them if it knows them (`expect`)
+        if len(self.tasks) > 1 and self._next_draw is None:
+            self._next_draw = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        upcoming = self._next_draw or self.tasks[0]
+        if upcoming.image and "next" not in self._announced:
+            self._announce("next", upcoming, checkout_preparation(upcoming), self.defaults)
+
+    def _announce(self, what: str, task: Task, preparation: Preparation, options: EpisodeOptions) -> None:
+        assert self.pool is not None and task.image
+        where = {"workdir": task.workdir, "limits": self.limits, "command_timeout": options.command_timeout,
+                 "max_output_bytes": options.max_output_bytes}
+        self.pool.expect(task.image, preparation, **where)
+        self._announced[what] = (task.image, preparation, where)
+
+    def _withdraw(self, what: str) -> None:
+        announced = self._announced.pop(what, None)
+        if announced is not None and self.pool is not None:
+            image, preparation, where = announced
+            self.pool.cancel(image, preparation, **where)
 
     def _fit_observation(self, output: str) -> str:
         """The observation within the observation space and the output budget, and encodable as UTF-8.
@@ -214,9 +266,9 @@ class SWEEnv(gym.Env[str, str]):
             budget += f" and about {max(self.options.context_tokens_left(), 0)} tokens of context"
         return budget
 
-    def _open_runtime(self, task: Task) -> ShellRuntime:
+    def _open_runtime(self, task: Task, preparation: Preparation | None = None) -> ShellRuntime:
         return open_runtime(task, self.runtime_kind, limits=self.limits, command_timeout=self.options.command_timeout,
-                            max_output_bytes=self.options.max_output_bytes, pool=self.pool)
+                            max_output_bytes=self.options.max_output_bytes, pool=self.pool, preparation=preparation)
 
     def _pick_task(self, choice: Task | dict[str, Any] | str | None) -> Task:
         if isinstance(choice, Task):
@@ -230,6 +282,10 @@ class SWEEnv(gym.Env[str, str]):
             raise KeyError(f"no task {choice!r}; known: {', '.join(t.instance_id for t in self.tasks[:10])}")
         if not self.tasks:
             raise ValueError("no tasks: pass task=, tasks= or tasks_path=, or options={'task': ...} to reset()")
+        if self._next_draw is not None:
+            drawn, self._next_draw = self._next_draw, None
+            self._announced.pop("next", None)  # taken by this reset
+            return drawn
         return self.tasks[int(self.np_random.integers(len(self.tasks)))]
 
     def _close_runtime(self) -> None:

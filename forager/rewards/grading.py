@@ -41,7 +41,7 @@ from forager.harness.install import refresh_install
 from forager.harness.diffparse import DiffParseError, FileDiff, PatchApplyError, parse_diff, render
 from forager.rewards.apply import apply_files, screen_files
 from forager.rewards.screen import added_lines, screen_agent_diff
-from forager.runtime.base import ShellRuntime, bash_quote
+from forager.runtime.base import Preparation, ShellRuntime, bash_quote, prepared
 
 _STATUS_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|SKIPPED)\s")
 _SKIP_SUMMARY_COUNT = re.compile(r"^\[\d+\]$")
@@ -256,6 +256,11 @@ def prepare_for_grading(runtime: ShellRuntime, task: Task) -> None:
                             f" && git apply --index --whitespace=nowarn {bash_quote(path)}")
 
 
+def grading_preparation(task: Task) -> Preparation:
+    """`prepare_for_grading` for `task` as a `Preparation`: a warm pool runs it while the agent works."""
+    return Preparation(f"grading:{task.instance_id}:{task.start_digest}", lambda runtime: prepare_for_grading(runtime, task))
+
+
 def apply_patch(runtime: ShellRuntime, patch: str, name: str) -> tuple[bool, str]:
     """Apply with `git apply`, then `git apply --3way`, then `patch --fuzz`; (applied, log)."""
     path = bash_quote(scratch := runtime.scratch_path(f"{name}.patch"))
@@ -274,7 +279,8 @@ def grade_patch(
     open_runtime: Callable[[Task], ShellRuntime],
     config: RewardConfig | None = None,
 ) -> RewardResult:
-    """Grade `diff` (the agent's changes against the task's starting state) in a new runtime."""
+    """Grade `diff` (the agent's changes against the task's starting state) in a new runtime (one that
+    `open_runtime` may hand out prepared already: see `grading_preparation`)."""
     config = config or RewardConfig()
     started = time.monotonic()
     hidden = hidden_paths(task.test_patch or "")
@@ -298,7 +304,7 @@ def grade_patch(
     if files and not screened.kept:
         return result(patch_applied=False, error=_all_refused(refused))
     with open_runtime(task) as runtime:
-        prepare_for_grading(runtime, task)
+        prepared(runtime, grading_preparation(task))
         kept, error = _apply_agent_files(runtime, screened.kept, refused)
         if error:
             return result(patch_applied=False, error=error)

@@ -12,6 +12,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, Observation, RuntimeUnavailable
@@ -162,6 +163,31 @@ live_runtimes = _LiveRuntimes()
 live_runtimes.hook()  # at import, which is most often on the main thread: runtimes opened on workers are covered too
 
 
+@dataclass(frozen=True)
+class Preparation:
+    """Work that puts a fresh runtime in a known state (a task's checkout), and the name of that state.
+
+    A warm pool runs it ahead of time on runtimes nobody holds yet (`WarmPool.expect`); whoever
+    takes one calls `prepared(runtime, preparation)` and gets the result without waiting, or has
+    it run there and then when the runtime came unprepared. Two preparations with the same `key`
+    must leave the same state: the key is what the pool matches on.
+    """
+
+    key: str
+    run: Callable[[ShellRuntime], Any]
+
+
+def prepared(runtime: ShellRuntime, preparation: Preparation) -> Any:
+    """The result of `preparation` on `runtime`: the one it already has, or run now."""
+    if runtime.prepared is not None and runtime.prepared[0] == preparation.key:
+        return runtime.prepared[1]
+    if runtime.prepared is not None:
+        raise RuntimeError(f"the runtime was prepared as {runtime.prepared[0]!r}, not {preparation.key!r}")
+    result = preparation.run(runtime)
+    runtime.prepared = (preparation.key, result)
+    return result
+
+
 class ShellRuntime(ABC):
     """The Runtime seam: a repository at `workdir` and a persistent shell in it.
 
@@ -174,6 +200,8 @@ class ShellRuntime(ABC):
     scratch_dir: str = "/tmp"
     """Where Forager's own scratch files go (patches, test reports): private to this runtime. A
     container's /tmp is its own; a runtime that shares the host's sets a directory of its own."""
+    prepared: tuple[str, Any] | None = None
+    """(`Preparation.key`, its result) once a preparation ran here (ahead of time, in a warm pool)."""
 
     def __init__(self, workdir: str, command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
                  max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> None:

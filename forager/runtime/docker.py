@@ -15,7 +15,7 @@ import docker.errors
 
 from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, ForagerError, RuntimeUnavailable, Task
 from forager.core import Observation
-from forager.runtime.base import LABEL, RUN_ID, ShellRuntime, live_runtimes, owner_labels
+from forager.runtime.base import LABEL, RUN_ID, Preparation, ShellRuntime, live_runtimes, owner_labels
 from forager.runtime.limits import (
     DockerLimits, disk_full_note, home_of, image_user, missing_image_hint, quota_refused, quota_supported,
 )
@@ -267,16 +267,17 @@ class DockerRuntime(ShellRuntime):
     @classmethod
     def for_task(cls, task: Task, *, limits: DockerLimits | None = None,
                  command_timeout: float = DEFAULT_COMMAND_TIMEOUT, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-                 pool: WarmPool | None = None,
+                 pool: WarmPool | None = None, preparation: Preparation | None = None,
                  client: docker.DockerClient | None = None) -> DockerRuntime:
-        """A container of the task's image: taken from the warm `pool` when there is one, else started now."""
+        """A container of the task's image: taken from the warm `pool` when there is one (one it made
+        ready with `preparation` if it has such), else started now."""
         if not task.image:
             raise RuntimeUnavailable(f"task {task.instance_id} has no image for the Docker runtime")
         if pool is not None:
             if client is not None:
                 client.close()
             return pool.take(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
-                             max_output_bytes=max_output_bytes)
+                             max_output_bytes=max_output_bytes, preparation=preparation)
         return cls(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
                    max_output_bytes=max_output_bytes, client=client)
 
@@ -361,6 +362,7 @@ class DockerRuntime(ShellRuntime):
         """A fresh container from the image: nothing the previous episode did survives."""
         self._check_open()
         self._remove_container()
+        self.prepared = None
         self.session.close()
         self._start_container(self.workdir)
         self.session.start()

@@ -1,7 +1,8 @@
 """Runtimes by name: which runtime a task runs in, and `auto` turned into Docker or local.
 
 A runtime class plugs in by name (`docker`, `local`) or as a `module:Class` path; it is opened for
-a task through its `for_task(task, *, limits, command_timeout, max_output_bytes, pool, client)`.
+a task through its `for_task(task, *, limits, command_timeout, max_output_bytes, pool, client)`, and
+with a pool also `preparation` (which a runtime may ignore: the caller runs what it did not).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from forager.core import (
     Task,
 )
 from forager.loading import load_named
-from forager.runtime.base import ShellRuntime
+from forager.runtime.base import Preparation, ShellRuntime
 from forager.runtime.docker import DockerLimits, docker_available, docker_client, image_exists
 from forager.runtime.limits import missing_image_hint
 from forager.runtime.pool import WarmPool
@@ -41,11 +42,12 @@ def runtime_class(kind: str) -> type[ShellRuntime]:
 def open_runtime(
     task: Task, kind: RuntimeKind | str = "auto", *, limits: DockerLimits | None = None,
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-    pool: WarmPool | None = None,
+    pool: WarmPool | None = None, preparation: Preparation | None = None,
 ) -> ShellRuntime:
     """A runtime for `task`: Docker when asked, or when `auto` and an engine with the task's image answers.
 
-    With a warm `pool`, a Docker runtime is taken from it (ready at once when one is warm).
+    With a warm `pool`, a Docker runtime is taken from it (ready at once when one is warm, and
+    already through `preparation` when the pool made one so: see `base.prepared`).
     """
     client = None
     if kind == "auto":
@@ -56,9 +58,10 @@ def open_runtime(
                 f"task {task.instance_id}: no Docker engine with image {task.image!r} answers and it has no "
                 f"local_repo. Start Docker, and {missing_image_hint(task.image or '')}."
             )
+    extra = {"preparation": preparation} if pool is not None and preparation is not None else {}
     return runtime_class(kind).for_task(  # type: ignore[attr-defined]
         task, limits=limits, command_timeout=command_timeout, max_output_bytes=max_output_bytes, pool=pool,
-        client=client,
+        client=client, **extra,
     )
 
 

@@ -8,7 +8,7 @@ import logging
 from forager.core import Task
 from forager.images.git_leaks import KeptHistory, Leaks, find_leaks, keep_base_history
 from forager.harness.install import refresh_install
-from forager.runtime.base import ShellRuntime, bash_quote
+from forager.runtime.base import Preparation, ShellRuntime, bash_quote
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,14 @@ def checkout_task(runtime: ShellRuntime, task: Task) -> str:
     return runtime.run_checked("git rev-parse HEAD").strip()
 
 
+def checkout_preparation(task: Task) -> Preparation:
+    """`checkout_task` for `task` as a `Preparation`, which a warm pool can run before the reset asks."""
+    return Preparation(f"checkout:{task.instance_id}:{task.start_digest}", lambda runtime: checkout_task(runtime, task))
+
+
 def leaked_objects(runtime: ShellRuntime, base: str = "HEAD", examples: int = 5) -> Leaks:
     """What the runtime's repository holds beyond `base`'s history (`Leaks.clean` when nothing)."""
     return find_leaks(functools.partial(runtime.run_checked, timeout=600), base, examples)
 
 
-__all__ = ["KeptHistory", "Leaks", "checkout_task", "leaked_objects", "refresh_install"]
+__all__ = ["KeptHistory", "Leaks", "checkout_preparation", "checkout_task", "leaked_objects", "refresh_install"]

@@ -83,6 +83,10 @@ class _LocalSlot:
     def run(self, task: Task, sample: int) -> Trajectory:
         return run_episode(self.env, self.policy, task, self.agent, sample=sample)
 
+    def expect(self, task: Task, count: int) -> None:
+        """A group's other episodes are coming: the warm pool (if any) checks their containers out now."""
+        self.env.expect(task, count)
+
     def abort(self) -> None:
         self.env.close()  # the running episode's next step fails as an env_error and it ends
 
@@ -242,7 +246,7 @@ class RolloutWorkers:
             with self._lock:
                 self._slots.append(slot)
             while not self._stop.is_set():
-                item = self._next_episode()
+                item = self._next_episode(slot)
                 if item is None:
                     return
                 group, index = item
@@ -257,8 +261,9 @@ class RolloutWorkers:
             if slot is not None:
                 _quietly(slot.close)
 
-    def _next_episode(self) -> tuple[OpenGroup, int] | None:
-        """A slot of an open group, else the next group once the buffer admits it; None when stopped."""
+    def _next_episode(self, slot: Any) -> tuple[OpenGroup, int] | None:
+        """A slot of an open group, else the next group once the buffer admits it (its other episodes
+        announced to the warm pool through `slot`); None when stopped."""
         assert self.cursor is not None and self._writer is not None
         while not self._stop.is_set():
             taken = self.cursor.take_slot()
@@ -269,6 +274,8 @@ class RolloutWorkers:
             size = self._writer.path.stat().st_size if self._writer.path.exists() else 0
             group, index = self.cursor.open_group(size)
             if index is not None:
+                if self._pool is not None and hasattr(slot, "expect"):
+                    slot.expect(group.task, len(group.todo))
                 return group, index
             self._complete(self.cursor.record(group, None, None))  # every member was in the store already
         return None
