@@ -116,6 +116,29 @@ def test_collect_runs_workers_in_parallel_and_reports(tmp_path):
     assert run["policy"]["name"] == "openai" and run["samples_per_task"] == 1
 
 
+def test_collect_with_a_warm_pool_runs_most_episodes_on_prepared_checkouts(tmp_path, monkeypatch):
+    """Each worker announces the episode it runs a wave later, each reset its grading: the pool checks
+    them out ahead, and every episode still resolves in a container of its own."""
+    import importlib
+
+    from forager.runtime.docker import reaper
+
+    collecting = importlib.import_module("forager.agent.collect")  # the package's `collect` is the function
+
+    pools = []
+    make_pool = collecting.make_pool
+    monkeypatch.setattr(collecting, "make_pool", lambda config: pools.append(make_pool(config)) or pools[-1])
+    tasks = sample_tasks()
+    stats = collect(tasks, tmp_path, config=CollectConfig(samples_per_task=2, workers=2, runtime="docker", warm_pool=1))
+    assert stats.done == 2 * len(tasks) and stats.resolved == stats.done
+    pool, = pools
+    # Of 16 takes (8 resets, 8 gradings) the first wave starts cold, and a grading whose preparation
+    # was still running when the episode ended takes a plain container; without announcements: none.
+    assert pool.prepared_hits >= len(tasks), pool.stats()
+    reaper.drain()
+    assert not docker_client().containers.list(all=True, filters={"label": "forager"})
+
+
 def test_collect_cli_defaults_to_the_reference_policy_and_says_so(tmp_path):
     result = subprocess.run([sys.executable, "-m", "forager", "collect", "--out", str(tmp_path / "t"), "--limit", "1"],
                             capture_output=True, text=True, timeout=300, cwd=tmp_path,

@@ -152,3 +152,4 @@ def test_the_prepared_limit_evicts_the_oldest_surplus_and_a_failed_preparation_f
         with pytest.raises(RuntimeError, match=r"command failed \(3\)"):
             prepared(runtime, broken)
         runtime.close()
+        assert not pool._recipes  # tasks with nothing announced, ready or in the making are forgotten

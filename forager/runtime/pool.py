@@ -121,14 +121,21 @@ class WarmPool:
         with self._lock:
             if key in self._recipes:
                 self._demand[key] = max(0, self._demand[key] - count)
+                evicted = self._refill_prepared()  # to forget the task if nothing is left of it
+            else:
+                evicted = []
+        for runtime in evicted:
+            runtime.close()
 
     def _take_prepared(self, key: _Key) -> DockerRuntime | None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the warm pool is closed")
-            self._demand[key] = max(0, self._demand[key] - 1)
-            ready = self._ready[key]
-            runtime = ready.popleft() if ready else None
+            runtime = None
+            if key in self._recipes:  # else never announced (or forgotten): nothing was made for it
+                self._demand[key] = max(0, self._demand[key] - 1)
+                ready = self._ready[key]
+                runtime = ready.popleft() if ready else None
         runtime = self._first_usable(key, runtime)
         with self._lock:
             if runtime is not None:
@@ -160,6 +167,9 @@ class WarmPool:
         """Start preparations for announced takes, oldest announcement first, within `prepared_limit`
         (called with the lock held); returns the idle runtimes evicted to make room, to be closed."""
         evicted: list[DockerRuntime] = []
+        for key in [k for k in self._recipes if not (self._demand[k] or self._ready[k] or self._warming[k])]:
+            for table in (self._recipes, self._announced, self._demand, self._ready, self._warming):
+                table.pop(key, None)  # nothing announced, ready or in the making: forget the task
         for key in sorted(self._recipes, key=self._announced.__getitem__):
             preparation, limits = self._recipes[key]
             for _ in range(self._demand[key] - len(self._ready[key]) - self._warming[key]):
