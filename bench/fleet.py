@@ -8,7 +8,8 @@
   same image (create, start, exit) in the same run.
 - envs: --envs episodes open at once (reset, one command each, all held), with the Forager process's
   memory per env (RSS growth over the envs, divided by their count) and the engine's memory per
-  container (the cgroup's usage, from the engine's stats), then closed with nothing left behind.
+  container (the cgroup's usage from the engine's stats, and the RSS of its containerd shim), then
+  closed with nothing left behind.
 - collect: episodes per minute of the reference policy on the sample repository's mutate-fix tasks
   at each worker count, with a warm pool, and where the episodes' time went (policy, reset, the
   commands, Forager's step overhead, grading beyond the tests, the tests).
@@ -109,6 +110,8 @@ def concurrent_envs(tasks: list, count: int, client) -> dict:
     gc.collect()
     after_mb = process.memory_info().rss / 2**20
     threads = threading.active_count()
+    shims = [p for p in psutil.process_iter(["name", "memory_info"]) if (p.info["name"] or "").startswith("containerd-shim")]
+    shim_mb = sum(p.info["memory_info"].rss for p in shims if p.info["memory_info"]) / 2**20 / max(len(shims), 1)
     usage = []
     for env in envs[: min(count, 16)]:  # the stats call takes about a second each: a sample is enough
         if env.runtime is not None:
@@ -122,7 +125,8 @@ def concurrent_envs(tasks: list, count: int, client) -> dict:
     return {"envs_concurrent": count - len(failures), "env_failures": failures[:5], "open_s": round(open_s, 1),
             "host_mb_per_env": round((after_mb - before_mb) / count, 2), "host_mb_before": round(before_mb),
             "host_mb_after": round(after_mb), "threads_while_open": threads,
-            "container_mb": round(statistics.median(usage), 1) if usage else None, "containers_left": left}
+            "container_mb": round(statistics.median(usage), 1) if usage else None,
+            "shim_mb_per_container": round(shim_mb, 1), "containers_left": left}
 
 
 def grading_speed(tasks: list, client, repeats: int) -> dict:
@@ -183,7 +187,7 @@ def main() -> None:
         figures.update(envs)
         print(f"{envs['envs_concurrent']}/{args.envs} envs open at once in {envs['open_s']} s: "
               f"{envs['host_mb_per_env']} MB per env in this process, {envs['container_mb']} MB per container "
-              f"in the engine; {envs['containers_left']} containers left after closing", flush=True)
+              f"(its cgroup) and {envs['shim_mb_per_container']} MB (its containerd shim) in the engine; {envs['containers_left']} containers left after closing", flush=True)
     if "collect" not in args.skip:
         mutate = sample_mutate_fix_tasks(32)
         runs = []
@@ -195,7 +199,7 @@ def main() -> None:
             t = result["time_in_s"]
             total = t.get("total", 0.0) or 1.0
             where = {"policy": t.get("policy", 0), "reset": t.get("reset", 0), "commands": t.get("commands", 0),
-                     "steps_overhead": t.get("env", 0) - t.get("commands", 0),
+                     "steps_overhead": t.get("env", 0) - t.get("commands", 0) - t.get("grade", 0),
                      "grading_setup": t.get("grade", 0) - t.get("tests", 0), "tests": t.get("tests", 0)}
             result["time_share"] = {k: round(v / total, 3) for k, v in where.items()}
             runs.append(result)

@@ -153,3 +153,21 @@ def test_the_prepared_limit_evicts_the_oldest_surplus_and_a_failed_preparation_f
             prepared(runtime, broken)
         runtime.close()
         assert not pool._recipes  # tasks with nothing announced, ready or in the making are forgotten
+
+
+def test_one_client_serves_many_containers_from_one_connection_pool():
+    """docker-py keeps a pool per URL path (at most 25) and closes the oldest while another thread may be
+    in it: at 64 envs a reset failed so. Forager's client sends every path through one pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = docker_client()
+    containers = [client.containers.run(SAMPLE_IMAGE, ["sleep", "60"], detach=True, network_mode="none")
+                  for _ in range(30)]
+    try:
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            codes = list(pool.map(lambda c: (c.reload(), c.exec_run(["true"]).exit_code)[1], containers))
+        assert codes == [0] * 30
+        assert len(client.api.get_adapter("http+docker://localhost/").pools) == 1
+    finally:
+        for container in containers:
+            container.remove(force=True)

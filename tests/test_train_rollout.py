@@ -359,6 +359,28 @@ def test_a_signal_leaves_no_container(tmp_path: Path, signum: int) -> None:
     assert client.containers.list(all=True, filters=owned, sparse=True) == []
 
 
+@needs_docker
+def test_a_group_is_announced_to_the_warm_pool_when_it_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRPO asks for G episodes of one task: the pool checks the other members out while the first runs."""
+    import importlib
+
+    from forager.runtime.pool import WarmPool
+
+    rollout = importlib.import_module("forager.train.rollout")
+    pools: list[WarmPool] = []
+    monkeypatch.setattr(rollout, "make_pool", lambda config: pools.append(WarmPool(config.warm_pool)) or pools[-1])
+    buffer = RolloutBuffer(group_size=4, tokens_per_batch=1, max_staleness=4, max_buffered_groups=1)
+    with RolloutWorkers(sample_tasks(SAMPLE_IMAGE)[:1], buffer, tmp_path / "run", engine=ScriptedEngine(),
+                        collect=CollectConfig(runtime="docker", warm_pool=1), concurrency=1):
+        batch = buffer.take_batch(0, timeout=300)
+    assert batch is not None and len(batch.groups[0].trajectories) == 4
+    pool, = pools
+    # One slot: each later member starts after a whole episode, its checkout made meanwhile (of 8 takes:
+    # 4 resets, 4 gradings, only the first reset was not announced).
+    assert pool.prepared_hits >= 3, pool.stats()
+    assert pool.idle() == 0  # closed with the run
+
+
 # -- the in-process engine, and Ray -----------------------------------------------------------------------
 
 def test_the_hf_engine_samples_groups_in_synchronous_mode(tmp_path: Path) -> None:
