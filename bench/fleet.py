@@ -7,7 +7,8 @@
   the pool checks it out while the agent "thinks" for --think-s), against a bare `docker run` of the
   same image (create, start, exit) in the same run.
 - envs: --envs episodes open at once (reset, one command each, all held), with the Forager process's
-  memory per env (RSS growth over the envs, divided by their count) and the engine's memory per
+  memory per env (the larger of its RSS growth and the Python heap the open envs hold, by
+  tracemalloc, divided by their count) and the engine's memory per
   container (the cgroup's usage from the engine's stats, and the RSS of its containerd shim), then
   closed with nothing left behind.
 - collect: episodes per minute of the reference policy on the sample repository's mutate-fix tasks
@@ -29,6 +30,7 @@ import statistics
 import sys
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,6 +93,7 @@ def concurrent_envs(tasks: list, count: int, client) -> dict:
     process = psutil.Process()
     gc.collect()
     before_mb = process.memory_info().rss / 2**20
+    tracemalloc.start()
     envs = [gymnasium.make("forager/SWE-v0", tasks=tasks, runtime="docker").unwrapped for _ in range(count)]
     failures: list[str] = []
     started = time.monotonic()
@@ -109,6 +112,8 @@ def concurrent_envs(tasks: list, count: int, client) -> dict:
     open_s = time.monotonic() - started
     gc.collect()
     after_mb = process.memory_info().rss / 2**20
+    held_mb = tracemalloc.get_traced_memory()[0] / 2**20  # what the open envs hold on Python's heap
+    tracemalloc.stop()
     threads = threading.active_count()
     shims = [p for p in psutil.process_iter(["name", "memory_info"]) if (p.info["name"] or "").startswith("containerd-shim")]
     shim_mb = sum(p.info["memory_info"].rss for p in shims if p.info["memory_info"]) / 2**20 / max(len(shims), 1)
@@ -123,7 +128,9 @@ def concurrent_envs(tasks: list, count: int, client) -> dict:
     reaper.drain()
     left = len(ours(client))
     return {"envs_concurrent": count - len(failures), "env_failures": failures[:5], "open_s": round(open_s, 1),
-            "host_mb_per_env": round((after_mb - before_mb) / count, 2), "host_mb_before": round(before_mb),
+            "host_mb_per_env": round(max(held_mb, after_mb - before_mb) / count, 2),
+            "heap_mb_per_env": round(held_mb / count, 3), "rss_mb_per_env": round((after_mb - before_mb) / count, 3),
+            "host_mb_before": round(before_mb),
             "host_mb_after": round(after_mb), "threads_while_open": threads,
             "container_mb": round(statistics.median(usage), 1) if usage else None,
             "shim_mb_per_container": round(shim_mb, 1), "containers_left": left}
@@ -202,9 +209,12 @@ def main() -> None:
                      "steps_overhead": t.get("env", 0) - t.get("commands", 0) - t.get("grade", 0),
                      "grading_setup": t.get("grade", 0) - t.get("tests", 0), "tests": t.get("tests", 0)}
             result["time_share"] = {k: round(v / total, 3) for k, v in where.items()}
+            reaper.drain()
+            result["containers_left"] = len(ours(client))
             runs.append(result)
             print(f"{workers:3d} workers: {result['episodes']} episodes, {result['episodes_per_minute']}/min, "
-                  f"{result['resolved']} resolved, time: " + ", ".join(f"{k} {v:.0%}" for k, v in result["time_share"].items()),
+                  f"{result['resolved']} resolved, {result['containers_left']} containers left, time: "
+                  + ", ".join(f"{k} {v:.0%}" for k, v in result["time_share"].items()),
                   flush=True)
         figures["episodes_per_min"] = {str(r["workers"]): r["episodes_per_minute"] for r in runs}
         figures["collect_runs"] = runs
