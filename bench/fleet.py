@@ -17,6 +17,7 @@
 - grading: `grade_patch` of each task's reference fix through a warm pool that prepared the grading
   container while the episode ran, against a bare `docker run` of pytest on the same tests.
 
+A picture of where the time goes at each worker count: --svg (default fleet.svg).
 Last line: one JSON object (reset_p50_ms cold and warm, bare_docker_run_ms, envs_concurrent,
 host_mb_per_env, container_mb, episodes_per_min per worker count, grading_over_raw).
 """
@@ -164,6 +165,36 @@ def grading_speed(tasks: list, client, repeats: int) -> dict:
             "grading_over_raw": round(sum(grade_s) / sum(raw_s), 2), "prepared_hits": hits, "gradings": len(grade_s)}
 
 
+SHARES = (("commands", "agent's commands", "#1f77b4"), ("tests", "graded tests", "#2ca02c"),
+          ("reset", "reset", "#ff7f0e"), ("grading_setup", "grading set-up", "#9467bd"),
+          ("steps_overhead", "step overhead", "#7f7f7f"), ("policy", "policy", "#d62728"))
+
+
+def write_svg(path: Path, figures: dict) -> None:
+    """Where the episodes' time went at each worker count (stacked bars) and the episodes per minute."""
+    runs = figures.get("collect_runs", [])
+    rows = [f'<svg xmlns="http://www.w3.org/2000/svg" width="760" height="{110 + 34 * len(runs)}" '
+            'font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>',
+            '<text x="10" y="20" font-size="14">Where episode time goes, by worker count (bench/fleet.py)</text>']
+    for index, run in enumerate(runs):
+        y, x = 40 + 34 * index, 90.0
+        rows.append(f'<text x="10" y="{y + 16}">{run["workers"]} worker{"s" if run["workers"] > 1 else ""}</text>')
+        for key, _, color in SHARES:
+            width = 480 * run["time_share"].get(key, 0.0)
+            rows.append(f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="22" fill="{color}"/>')
+            x += width
+        rows.append(f'<text x="585" y="{y + 16}">{run["episodes_per_minute"]} episodes/min</text>')
+    y = 50 + 34 * len(runs)
+    for index, (_, label, color) in enumerate(SHARES):
+        rows.append(f'<rect x="{10 + 125 * index}" y="{y}" width="12" height="12" fill="{color}"/>'
+                    f'<text x="{26 + 125 * index}" y="{y + 11}">{label}</text>')
+    reset = figures.get("reset_p50_ms")
+    if reset:
+        rows.append(f'<text x="10" y="{y + 40}">reset p50: {reset["warm"]} ms with a warm pool, {reset["cold"]} ms '
+                    f'without; bare docker run {figures["bare_docker_run_ms"]} ms</text>')
+    path.write_text("\n".join(rows + ["</svg>"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resets", type=int, default=20)
@@ -173,6 +204,7 @@ def main() -> None:
     parser.add_argument("--episodes-per-worker", type=int, default=2)
     parser.add_argument("--grading-tasks", type=int, default=6)
     parser.add_argument("--skip", nargs="*", default=[], choices=["reset", "envs", "collect", "grading"])
+    parser.add_argument("--svg", type=Path, default=Path("fleet.svg"), help="the picture of where the time goes")
     args = parser.parse_args()
 
     client = docker_client()
@@ -223,6 +255,9 @@ def main() -> None:
         figures.update(grading)
         print(f"grading p50 {grading['grade_ms_p50']} ms against docker run {grading['raw_ms_p50']} ms: "
               f"{grading['grading_over_raw']}x", flush=True)
+    if "collect" not in args.skip:
+        write_svg(args.svg, figures)
+        print(f"where the time goes: {args.svg}", flush=True)
     print(json.dumps(figures))
 
 
