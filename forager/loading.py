@@ -9,12 +9,22 @@ from typing import Any
 from forager.core import ForagerError
 
 
-def load_named(name: str, table: Mapping[str, str], what: str, *, install_hint: str = "") -> Any:
-    """The object `table[name]` points at, or `name` itself as `module:Attribute`; imported only now.
+def load_named(name: str, table: Mapping[str, str], what: str, *, install_hint: str = "",
+               plugins: str | None = None) -> Any:
+    """The object `table[name]` points at, a plug-in of kind `plugins` (`forager.plugins`) by that name,
+    or `name` itself as `module:Attribute`; imported only now.
 
     `what` names the kind in errors ("policy", "runtime"); `install_hint` follows an import error.
     """
     target = table.get(name, name)
+    if ":" not in target and plugins is not None:
+        from forager.plugins import discover, unknown_name
+
+        found = discover()
+        if any(plugin.name == name for plugin in found.of(plugins)):
+            return found.get(plugins, name).load()
+        known = [*table, *(plugin.name for plugin in found.of(plugins))]
+        raise ForagerError(f"{unknown_name(what, name, known)} (or give a `module:Class` path)")
     if ":" not in target:
         raise ForagerError(f"unknown {what} {name!r}: use one of {', '.join(table)} or a `module:Class` path")
     module_name, _, attribute = target.partition(":")

@@ -10,6 +10,7 @@ one-shot import hook. Entry points are strings, so registering imports no enviro
 from __future__ import annotations
 
 import importlib.abc
+import logging
 import importlib.util
 import sys
 from importlib.machinery import ModuleSpec
@@ -21,12 +22,18 @@ ENVIRONMENTS: dict[str, str] = {SWE_ENV_ID: "forager.envs.swe:SWEEnv"}
 
 
 def register_environments() -> None:
-    """Register every id in ENVIRONMENTS with gymnasium (idempotent)."""
+    """Register every id in ENVIRONMENTS, then every environment plug-in, with gymnasium (idempotent)."""
     import gymnasium
 
     for env_id, entry_point in ENVIRONMENTS.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point, nondeterministic=True)
+    from forager.plugins import register_env_plugins
+
+    try:
+        register_env_plugins()
+    except Exception:  # noqa: BLE001 - a broken plug-in set must not break `import gymnasium`
+        logging.getLogger(__name__).warning("registering the environment plug-ins failed", exc_info=True)
 
 
 class _RegisterAfterGymnasium(importlib.abc.MetaPathFinder):

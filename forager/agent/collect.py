@@ -29,6 +29,7 @@ from forager.core import ForagerError, Task, Trajectory
 from forager.envs.swe import SWEEnv
 from forager.files import atomic_write_text
 from forager.policies.spec import PolicySpec
+from forager.registration import SWE_ENV_ID
 from forager.runtime.pool import WarmPool
 from forager.trajectories.store import INFRA_FAILURES, TrajectoryWriter, is_infrastructure_failure
 from forager.workers import run_workers
@@ -120,7 +121,7 @@ def _check_run_file(out: Path, policy: PolicySpec, agent: AgentConfig, tasks_sou
 
 
 def collect(
-    tasks: list[Task],
+    tasks: list[Task] | list[str],
     out_dir: str | Path,
     *,
     policy: PolicySpec | None = None,
@@ -136,6 +137,8 @@ def collect(
 ) -> CollectStats:
     """Run every missing (task, sample) pair and append its trajectory to `out_dir/trajectories.jsonl`.
 
+    `tasks` are Tasks for forager/SWE-v0, or task ids of the plug-in env `config.env_id` (`text_env_tasks`).
+
     `stop` set (say, on Ctrl-C) means: start no new episode, finish the running ones. With
     `handle_sigint` (main thread only) the first Ctrl-C sets it and calls `on_stopping`, the second
     raises KeyboardInterrupt; the same command resumes.
@@ -144,7 +147,7 @@ def collect(
     agent = agent or AgentConfig()
     config = config or CollectConfig()
     stop = stop or threading.Event()
-    ids = [t.instance_id for t in tasks]
+    ids = [t.instance_id if isinstance(t, Task) else str(t) for t in tasks]
     duplicated = [i for i, n in Counter(ids).items() if n > 1]
     if duplicated:
         raise ForagerError(f"task ids must be unique; repeated: {', '.join(duplicated[:5])}")
@@ -154,8 +157,8 @@ def collect(
     with guard, TrajectoryWriter(out) as writer, LazyWriter(out / INFRA_FAILURES) as failures:
         _check_run_file(out, policy, agent, tasks_source, config, allow_mixed)
         done = writer.done()
-        pending = [(task, k) for k in range(config.samples_per_task) for task in tasks
-                   if (task.instance_id, k) not in done]
+        pending = [(task, k) for k in range(config.samples_per_task) for task, task_id in zip(tasks, ids)
+                   if (task_id, k) not in done]
         stats = CollectStats(total=len(tasks) * config.samples_per_task)
         stats.already_done = stats.total - len(pending)
         if on_start:
@@ -171,6 +174,8 @@ def collect(
                     on_episode(trajectory, stats)
 
         if config.ray_address:
+            if config.env_id and config.env_id != SWE_ENV_ID:
+                raise ForagerError("a plug-in environment runs on this machine's threads: drop --ray-address")
             run_on_ray(pending, policy, agent, config, finished, stop)
         else:
             _run_threads(pending, policy, agent, config, finished, stop)
@@ -205,7 +210,7 @@ def validate_policy(spec: PolicySpec) -> None:
     from forager.loading import load_named
     from forager.policies import POLICIES
 
-    cls = load_named(spec.name, POLICIES, "policy")
+    cls = load_named(spec.name, POLICIES, "policy", plugins="policies")
     try:
         inspect.signature(cls).bind(**spec.options)
     except TypeError as err:
@@ -238,15 +243,48 @@ def make_pool(config: CollectConfig) -> WarmPool | None:
     Room for two prepared containers per worker (its next episode's checkout and its grading), and a
     warming thread per four workers (at least 2, at most 8): `docker run` is the engine's work, not ours.
     """
-    if not config.warm_pool or config.runtime == "local":
+    if not config.warm_pool or config.runtime == "local" or (config.env_id and config.env_id != SWE_ENV_ID):
         return None
     return WarmPool(config.warm_pool, threads=min(8, max(2, config.workers // 4)),
                     prepared_limit=max(8, 2 * config.workers + config.warm_pool))
 
 
-def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None) -> SWEEnv:
-    """One worker's env: the collection's runtime, reward and limits, its containers from `pool` when there is one."""
+def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None) -> Any:
+    """One worker's env: the collection's runtime, reward and limits, its containers from `pool` when there is
+    one; or the plug-in env `config.env_id`, made by Gymnasium."""
+    if config.env_id and config.env_id != SWE_ENV_ID:
+        return make_text_env(config.env_id)
     return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
+
+
+def make_text_env(env_id: str) -> Any:
+    """`gymnasium.make(env_id)` with the plug-ins registered, or a ForagerError listing the close ids."""
+    import gymnasium
+
+    from forager.plugins import register_env_plugins, unknown_name
+
+    register_env_plugins()
+    if env_id not in gymnasium.registry:
+        raise ForagerError(unknown_name("environment", env_id, gymnasium.registry))
+    try:
+        return gymnasium.make(env_id)
+    except Exception as err:  # noqa: BLE001 - the plug-in's constructor: say whose it is
+        raise ForagerError(f"environment {env_id!r} could not be made: {type(err).__name__}: {err}") from err
+
+
+def text_env_tasks(env_id: str, episodes: int | None = None) -> list[str]:
+    """The task ids of a plug-in env (its `task_ids`), else `seed:0` ... `seed:N-1` for `episodes` N."""
+    env = make_text_env(env_id)
+    try:
+        ids = getattr(env.unwrapped, "task_ids", None)
+        ids = ids() if callable(ids) else ids
+    finally:
+        env.close()
+    if ids:
+        return [str(i) for i in ids][:episodes] if episodes else [str(i) for i in ids]
+    if not episodes:
+        raise ForagerError(f"{env_id} has no `task_ids`: say how many episodes to run (--episodes N)")
+    return [f"seed:{i}" for i in range(episodes)]
 
 
 def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig,
@@ -268,7 +306,7 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
                     index = work.get_nowait()
                 except queue.Empty:
                     return
-                if index + ahead < len(pending):
+                if index + ahead < len(pending) and isinstance(env, SWEEnv):
                     env.expect(pending[index + ahead][0])
                 task, sample = pending[index]
                 finished(run_episode(env, policy, task, agent, sample=sample))

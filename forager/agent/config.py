@@ -105,6 +105,9 @@ class CollectConfig(BaseModel):
     docker_limits: dict[str, Any] = Field(default_factory=dict)
     warm_pool: int = Field(0, ge=0)
     """Containers kept started ahead per image, so resets and gradings do not wait for `docker run`."""
+    env_id: str | None = None
+    """A Gymnasium id of a text environment (a plug-in: `forager envs list`) to run instead of forager/SWE-v0;
+    its tasks are ids (or `seed:N`), and runtime, reward, limits and pool are the env's own business."""
 
 
 def load_agent_config(path: str | Path | None = None, **overrides: Any) -> AgentConfig:

@@ -1,10 +1,15 @@
-"""The ForagerAgent loop: a policy acts in a SWEEnv until it submits or a budget runs out.
+"""The ForagerAgent loop: a policy acts in an environment until it submits or a budget runs out.
 
 Every episode ends with a Trajectory and a termination reason, whatever happens: a policy that
 errors, an environment that dies, or a bug in Forager itself (`crashed`, with the traceback).
 The agent meets the env at the Gymnasium seam: budgets and prompts go in as reset options, the
 prompts and the graded RewardResult come back in the observation and `info`; only the diff and an
 aborted episode's grading go through `env.unwrapped`, as Gymnasium has no call for them.
+
+Any other environment speaking text (a plug-in: observation text, action text, the reward when the
+episode ends) is driven the same way: its task is an id (`reset(options={"task": id})`, or a seed
+for an env without task ids: `seed:N`), the policy's whole reply is the action, and `info` may
+carry `system_prompt` (after reset) and `resolved` (when it ends; else resolved means reward > 0).
 """
 
 from __future__ import annotations
@@ -63,13 +68,14 @@ def make_env(config: AgentConfig, runtime: str = "auto", reward: dict[str, Any] 
 def run_episode(
     env: gym.Env[str, str],
     policy: Policy,
-    task: Task,
+    task: Task | str,
     config: AgentConfig | None = None,
     *,
     sample: int = 0,
     on_turn: Callable[[Trajectory], None] | None = None,
 ) -> Trajectory:
-    """One episode of `policy` on `task` in `env` (a SWEEnv, wrapped or not); never raises for a failed episode."""
+    """One episode of `policy` on `task` in `env` (a SWEEnv, wrapped or not, with a Task; or a text env with a
+    task id); never raises for a failed episode."""
     return Episode(env, policy, task, config or AgentConfig(), sample=sample, on_turn=on_turn).run()
 
 
@@ -96,14 +102,19 @@ class _Done(Exception):
 class Episode:
     """One episode: query the policy, execute its action in the env, until `_Done`; then finish."""
 
-    def __init__(self, env: gym.Env[str, str], policy: Policy, task: Task, config: AgentConfig, *,
+    def __init__(self, env: gym.Env[str, str], policy: Policy, task: Task | str, config: AgentConfig, *,
                  sample: int = 0, on_turn: Callable[[Trajectory], None] | None = None) -> None:
-        self.env, self.policy, self.task, self.config, self.on_turn = env, policy, task, config, on_turn
-        self.swe = cast(SWEEnv, env.unwrapped)
+        self.env, self.policy, self.config, self.on_turn = env, policy, config, on_turn
+        self.task = task if isinstance(task, Task) else None
+        self.task_id = task.instance_id if isinstance(task, Task) else str(task)
+        self.swe = cast(SWEEnv, env.unwrapped) if isinstance(env.unwrapped, SWEEnv) else None
         """For what Gymnasium has no call for: the diff, and grading an episode that ended without a step."""
+        if self.swe is not None and self.task is None:
+            raise ForagerError(f"a SWE environment runs Tasks, not the id {self.task_id!r}")
         self.trajectory = Trajectory(
-            trajectory_id=f"{task.instance_id}#{sample}", task_id=task.instance_id, sample=sample, repo=task.repo,
-            kind=task.kind, started_at=_now(), policy=_describe(policy),
+            trajectory_id=f"{self.task_id}#{sample}", task_id=self.task_id, sample=sample,
+            repo=self.task.repo if self.task else "", kind=self.task.kind if self.task else _env_id(env),
+            started_at=_now(), policy=_describe(policy),
         )
         self.termination: Termination = "crashed"
         self.graded = False
@@ -141,16 +152,32 @@ class Episode:
         """Reset the env onto the task with the agent's budgets and prompts; the prompts come back rendered."""
         started = time.monotonic()
         try:
-            observation, info = self.env.reset(options=self.reset_options())
+            if self.swe is None:
+                observation, info = self._reset_text_env()
+            else:
+                observation, info = self.env.reset(options=self.reset_options())
         except ForagerError as err:
             raise _Done("env_error", f"reset failed: {err}", infrastructure=True) from err
         except Exception as err:  # Docker API errors and the like: the environment, not the agent
             raise _Done("env_error", f"reset failed: {type(err).__name__}: {err}", infrastructure=True) from err
         finally:
             self.timings["reset"] = time.monotonic() - started
-        self.add("system", info["system_prompt"])
+        system = str(info.get("system_prompt") or "")
+        if system:
+            self.add("system", system)
         self.add("user", observation)
-        self.context_tokens = self.estimate(info["system_prompt"] + observation)
+        self.context_tokens = self.estimate(system + observation)
+
+    def _reset_text_env(self) -> tuple[str, dict[str, Any]]:
+        """A plug-in env: onto the task id, or the seed an id `seed:N` stands for; its observation must be text."""
+        seed = self.task_id.partition("seed:")[2]
+        if self.task_id.startswith("seed:") and seed.isdigit():
+            observation, info = self.env.reset(seed=int(seed))
+        else:
+            observation, info = self.env.reset(options={"task": self.task_id})
+        if not isinstance(observation, str):
+            raise ForagerError(f"{_env_id(self.env)}: reset() returned a {type(observation).__name__}, not text")
+        return observation, dict(info or {})
 
     def reset_options(self) -> dict[str, Any]:
         """The episode's budgets are the agent's, whatever the env was made with."""
@@ -166,7 +193,10 @@ class Episode:
     def step(self) -> None:
         """One turn: the policy's message, then its action's observation (a malformed action costs a turn)."""
         out = self.query()
-        action, error, env_action = _parse(out, self.config.tool_format)
+        if self.swe is None:  # a text env reads the whole reply itself
+            action, error, env_action = None, None, out.text
+        else:
+            action, error, env_action = _parse(out, self.config.tool_format)
         self.record_output(out, action, error)
         self.trajectory.num_turns += 1
         if self.context_tokens > self.config.max_context_tokens:  # the estimate was short; stop here
@@ -197,8 +227,10 @@ class Episode:
         try:
             observation, reward, terminated, truncated, info = self.env.step(env_action)
         except Exception as err:  # noqa: BLE001 - grading or the runtime broke under the env
-            raise _Done("env_error", f"step {self.trajectory.num_turns} failed: {type(err).__name__}: {err}",
-                        infrastructure=True) from err
+            where = f"step {self.trajectory.num_turns} failed"
+            if self.swe is None:  # a plug-in's own bug: its traceback is what its author needs
+                where += f" in {_env_id(self.env)}:\n{traceback.format_exc(limit=12)}"
+            raise _Done("env_error", f"{where}: {type(err).__name__}: {err}", infrastructure=True) from err
         finally:
             self.timings["env"] += time.monotonic() - started
         self.timings["commands"] += info.get("command_s", 0.0)
@@ -207,6 +239,8 @@ class Episode:
         self.context_tokens += self.estimate(observation)
         if "reward_result" in info:
             self.record_reward(info["reward_result"], reward)
+        elif self.swe is None and (terminated or truncated):
+            self.record_text_reward(reward, info)
         if self.on_turn is not None:
             self.on_turn(self.trajectory)
         if info.get("env_error"):  # the container was removed or the engine failed: nothing the agent can do
@@ -224,10 +258,10 @@ class Episode:
         trajectory.termination = self.termination
         if not self.graded and self.termination in ("out_of_context", "policy_error") and self.config.grade_on_abort:
             self.grade_now()
-        if not trajectory.reward_details:
+        if not trajectory.reward_details and self.swe is not None:
             trajectory.reward = self.swe.reward_config.unresolved
         try:
-            trajectory.diff = self.swe.diff() if self.swe.runtime is not None else ""
+            trajectory.diff = self.swe.diff() if self.swe is not None and self.swe.runtime is not None else ""
         except Exception:  # noqa: BLE001 - a dead runtime has no diff to show
             trajectory.diff = ""
         trajectory.timings = {**self.timings, "total": time.monotonic() - started}
@@ -291,8 +325,19 @@ class Episode:
         self.timings["tests"] += result.tests_s
         self.graded = True
 
+    def record_text_reward(self, reward: Any, info: dict[str, Any]) -> None:
+        """A plug-in env's final reward: a real number, or the episode is the env's error."""
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+            raise _Done("env_error", f"{_env_id(self.env)} returned a reward that is not a finite number: "
+                                     f"{reward!r} ({type(reward).__name__})")
+        self.trajectory.reward = float(reward)
+        self.trajectory.resolved = bool(info.get("resolved", reward > 0))
+        details = info.get("reward_details")
+        self.trajectory.reward_details = dict(details) if isinstance(details, dict) else {"reward": float(reward)}
+        self.graded = True
+
     def grade_now(self) -> None:
-        if self.swe.runtime is None or self.swe.task is None:
+        if self.swe is None or self.swe.runtime is None or self.swe.task is None:
             return
         try:
             result = self.swe.grade()
@@ -300,6 +345,12 @@ class Episode:
             self.trajectory.error = f"{self.trajectory.error or ''}\ngrading failed: {err}".strip()
             return
         self.record_reward(result, result.reward)
+
+
+def _env_id(env: gym.Env[Any, Any]) -> str:
+    """The env's Gymnasium id, or its class name when it was not made by id."""
+    spec = getattr(env, "spec", None) or getattr(env.unwrapped, "spec", None)
+    return spec.id if spec is not None else type(env.unwrapped).__name__
 
 
 def _parse(out: PolicyOutput, tool_format: str) -> tuple[ToolCall | None, str | None, str | ToolCall]:

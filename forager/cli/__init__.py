@@ -4,7 +4,7 @@ Each command parses its flags, loads config and calls the library; a ForagerErro
 becomes `error: MESSAGE` and exit status 1 in one place, the root group's `invoke`. One module per
 command group: images.py (`forager images ...`), tasks.py (`forager tasks ...`, `grade`),
 collect.py (`collect`, `quickstart`), data.py (`dedup`, `export`, `view`), maintenance.py (`gc`),
-train.py (`forager train`, `forager train plan`). A new group (`eval`) gets a module of its own,
+train.py (`forager train`, `forager train plan`), plugins.py (`forager envs|rewards|policies list`). A new group (`eval`) gets a module of its own,
 registered at the bottom of this file.
 """
 
@@ -50,6 +50,19 @@ app = typer.Typer(cls=ForagerGroup, help="Forager: a gym for training and evalua
                   no_args_is_help=True)
 
 
+@app.callback()
+def _root(plugins: list[str] = typer.Option(
+        [], "--plugins", help="A folder of plug-ins (environments, rewards, policies); repeatable. Also FORAGER_PLUGINS.")) -> None:
+    """Forager: a gym for training and evaluating software-engineering agents."""
+    if plugins:
+        import os
+
+        from forager.plugins import PLUGINS_ENV
+
+        # In the environment, so that every process this command starts (workers, Ray actors) sees them too.
+        os.environ[PLUGINS_ENV] = os.pathsep.join([*plugins, *filter(None, [os.environ.get(PLUGINS_ENV)])])
+
+
 def main() -> None:
     """The `forager` console script and `python -m forager`."""
     app()
@@ -58,6 +71,12 @@ def main() -> None:
 def fail(message: str) -> NoReturn:
     """Stop the command with `error: MESSAGE` and exit status 1 (printed where every ForagerError is)."""
     raise ForagerError(message)
+
+
+def table_console() -> Console:
+    """The console for a table: piped or redirected, rich would cut it at 80 columns, so lay it out at its
+    natural width instead."""
+    return console if console.is_terminal else Console(width=100_000, soft_wrap=True, highlight=False)
 
 
 def dim(message: str) -> None:
@@ -91,7 +110,7 @@ def read_tasks(path: str, split: str = "test", fmt: str = "auto", image: str | N
 
 
 # The commands, registered in the order `forager --help` lists them; the modules use the shared bits above.
-from forager.cli import collect, data, images, maintenance, tasks, train  # noqa: E402
+from forager.cli import collect, data, images, maintenance, plugins, tasks, train  # noqa: E402
 
 app.command()(tasks.grade)
 app.command()(maintenance.gc)
@@ -103,5 +122,8 @@ app.command()(data.view)
 app.add_typer(images.images_app, name="images")
 app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(train.train_app, name="train")
+app.add_typer(plugins.envs_app, name="envs")
+app.add_typer(plugins.rewards_app, name="rewards")
+app.add_typer(plugins.policies_app, name="policies")
 
 __all__ = ["ForagerGroup", "RuntimeChoice", "app", "console", "fail", "main"]

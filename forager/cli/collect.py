@@ -35,7 +35,7 @@ def _policy_spec(policy: str | None = None, model: str | None = None, base_url: 
                                   log=lambda m: console.print(f"[cyan]{m}[/]"))
 
 
-def run_collection(tasks: list[Task], out: Path, policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
+def run_collection(tasks: list[Task] | list[str], out: Path, policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
                    tasks_source: str, allow_mixed: bool) -> CollectStats:
     """Collect with a live progress display; the first Ctrl-C finishes the running episodes, the second aborts."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -104,6 +104,8 @@ def _collection_summary(stats: CollectStats, out: Path) -> None:
 
 def collect(
     tasks: str | None = typer.Option(None, help="Tasks: JSONL/JSON/Parquet, a dataset dir or hub name (default: the sample repository's mutate-fix tasks)."),
+    env: str | None = typer.Option(None, "--env", help="A registered environment id to run instead of forager/SWE-v0 (`forager envs list`)."),
+    episodes: int | None = typer.Option(None, min=1, help="With --env: episodes to run (its first N task ids, or seeds 0..N-1 when it has none)."),
     out: Path = typer.Option(Path("trajectories"), help="Directory for trajectories.jsonl (the same command resumes)."),
     policy: str | None = typer.Option(None, help="reference, replay, openai, hf or module:Class (default: openai when a server is configured, else reference)."),
     model: str | None = typer.Option(None, help="Model name (openai) or path/hub name (hf); or FORAGER_MODEL."),
@@ -135,6 +137,9 @@ def collect(
     spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
     validate_policy(spec)
     agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
+    if env is not None and env != "forager/SWE-v0":
+        _collect_text_env(env, episodes, out, spec, agent, samples_per_task, workers, allow_mixed, tasks)
+        return
     if tasks is None:
         task_list, kind = _sample_tasks(runtime.value)
         source = "sample (embedded)"
@@ -149,6 +154,21 @@ def collect(
     console.print(f"collecting {len(task_list)} task(s) x {samples_per_task} sample(s) with the {spec.name} "
                   f"policy, {workers} worker(s), {kind} runtime -> {out}")
     run_collection(task_list, out, spec, agent, run_config, source, allow_mixed)
+
+
+def _collect_text_env(env_id: str, episodes: int | None, out: Path, spec: Any, agent: Any, samples_per_task: int,
+                      workers: int, allow_mixed: bool, tasks: str | None) -> None:
+    """`forager collect --env ID`: the plug-in env's own tasks (or seeds), the same store and resuming."""
+    from forager.agent.collect import text_env_tasks
+    from forager.agent.config import CollectConfig
+
+    if tasks is not None:
+        fail("--tasks is for forager/SWE-v0; a plug-in environment brings its own (use --episodes N to run fewer)")
+    task_ids = text_env_tasks(env_id, episodes)
+    console.print(f"collecting {len(task_ids)} task(s) of {env_id} x {samples_per_task} sample(s) with the {spec.name} "
+                  f"policy, {workers} worker(s) -> {out}")
+    run_collection(task_ids, out, spec, agent, CollectConfig(samples_per_task=samples_per_task, workers=workers,
+                                                             env_id=env_id), env_id, allow_mixed)
 
 
 def quickstart(

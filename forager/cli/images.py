@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from forager.cli import console, dim, docker_engine
+from forager.cli import console, dim, docker_engine, table_console
 
 images_app = typer.Typer(help="Build executable repository images (no registry needed).", no_args_is_help=True)
 
@@ -78,7 +78,6 @@ def images_build(
 def images_list(as_json: bool = typer.Option(False, "--json", help="Print the manifest entries as JSON lines.")) -> None:
     """The images in the manifest (source, Python, tests collected and passing, size, build time), then the
     builds that failed before they had an image."""
-    from rich.console import Console
     from rich.table import Table
 
     from forager.images.manifest import Manifest
@@ -91,8 +90,7 @@ def images_list(as_json: bool = typer.Option(False, "--json", help="Print the ma
         for f in failures:
             print(json.dumps({"failed_build": True, **f.model_dump(mode="json")}))
         return
-    # Piped or redirected, rich would cut the table at 80 columns: lay it out at its natural width instead.
-    out = console if console.is_terminal else Console(width=100_000, soft_wrap=True, highlight=False)
+    out = table_console()
     table = Table("tag", "source", "python", "tests", "passing", "ok", "size", "build")
     table.columns[0].no_wrap = True
     for e in entries:

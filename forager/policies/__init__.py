@@ -22,9 +22,9 @@ POLICIES = {
 
 
 def make_policy(name: str, **options: Any) -> Policy:
-    """A policy by short name (`reference`, `replay`, `openai`, `hf`) or `module:Class` dotted path."""
+    """A policy by short name (`reference`, `replay`, `openai`, `hf`), plug-in name or `module:Class` path."""
     hint = " (install the `train` extra: pip install 'forager[train]')" if name == "hf" else ""
-    cls = load_named(name, POLICIES, "policy", install_hint=hint)
+    cls = load_named(name, POLICIES, "policy", install_hint=hint, plugins="policies")
     try:
         return cls(**options)
     except TypeError as err:
