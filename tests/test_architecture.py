@@ -20,6 +20,7 @@ PACKAGE = ROOT / "forager"
 
 FLOORS: list[set[str]] = [
     {"core"},
+    {"plugins"},  # entry points and plug-in folders: read by `registration` and `loading`
     {"files", "registration", "git", "workers", "loading"},
     {"home"},  # the cache directory and its wheelhouse: keyed with `files.content_digest`
     {"runtime"},
