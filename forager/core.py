@@ -100,6 +100,11 @@ class Task(BaseModel):
 
 
 
+def task_id_of(task: Task | str) -> str:
+    """A Task's `instance_id`, or a plug-in environment's task id as it is."""
+    return task.instance_id if isinstance(task, Task) else str(task)
+
+
 @dataclass
 class Observation:
     """What one command produced. A failed or timed-out command is an Observation, never an exception."""

@@ -104,7 +104,7 @@ def test_an_unknown_env_lists_close_ids_and_a_raising_or_lying_env_ends_the_epis
                    "--out", str(tmp_path / "none"))
     assert bad.returncode == 1 and "unknown environment 'acme/Echo-v9'; did you mean acme/Echo-v0" in bad.stdout
 
-    from forager.agent.collect import make_text_env
+    from forager.agent.text_envs import make_text_env
     from forager.agent.loop import run_episode
     from forager.plugins import register_env_plugins
     from forager.policies.openai import OpenAIPolicy
@@ -160,3 +160,21 @@ def test_the_example_installed_from_its_folder_collects_through_forager_collect(
     assert sorted(t["task_id"] for t in lines) == ["executable", "hello-file"]
     assert all(t["resolved"] and t["reward"] == 1.0 and t["termination"] == "submitted" for t in lines)
     assert all(t["kind"] == "example/FixCommand-v0" and t["messages"][0]["role"] == "system" for t in lines)
+
+
+def test_two_steps_of_the_tiny_cpu_trainer_on_the_example_env(tmp_path: Path) -> None:
+    """`env.id` names the plug-in: its task ids are the tasks, its rewards train the tiny model."""
+    pytest.importorskip("torch")
+    from forager.testing.tiny_model import build_tiny_model
+
+    out = tmp_path / "run"
+    run = _forager("--plugins", str(EXAMPLE), "train", "--config", str(ROOT / "configs" / "train" / "tiny-cpu.yaml"),
+                   "--out", str(out), f"model.path={build_tiny_model()}", "env.id=example/FixCommand-v0",
+                   "learner.steps=2", env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    episodes = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert len(episodes) >= 4 and {e["kind"] for e in episodes} == {"example/FixCommand-v0"}
+    assert {e["task_id"] for e in episodes} <= {"executable", "hello-file", "sorted"}
+    assert all(e["termination"] in ("submitted", "out_of_turns", "out_of_context") for e in episodes)

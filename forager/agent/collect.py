@@ -24,6 +24,7 @@ from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
 from forager.agent.loop import make_env, run_episode
+from forager.agent.text_envs import make_text_env
 from forager.agent.ray_collect import run_on_ray
 from forager.core import ForagerError, Task, Trajectory
 from forager.envs.swe import SWEEnv
@@ -174,8 +175,6 @@ def collect(
                     on_episode(trajectory, stats)
 
         if config.ray_address:
-            if config.env_id and config.env_id != SWE_ENV_ID:
-                raise ForagerError("a plug-in environment runs on this machine's threads: drop --ray-address")
             run_on_ray(pending, policy, agent, config, finished, stop)
         else:
             _run_threads(pending, policy, agent, config, finished, stop)
@@ -255,36 +254,6 @@ def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | 
     if config.env_id and config.env_id != SWE_ENV_ID:
         return make_text_env(config.env_id)
     return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
-
-
-def make_text_env(env_id: str) -> Any:
-    """`gymnasium.make(env_id)` with the plug-ins registered, or a ForagerError listing the close ids."""
-    import gymnasium
-
-    from forager.plugins import register_env_plugins, unknown_name
-
-    register_env_plugins()
-    if env_id not in gymnasium.registry:
-        raise ForagerError(unknown_name("environment", env_id, gymnasium.registry))
-    try:
-        return gymnasium.make(env_id)
-    except Exception as err:  # noqa: BLE001 - the plug-in's constructor: say whose it is
-        raise ForagerError(f"environment {env_id!r} could not be made: {type(err).__name__}: {err}") from err
-
-
-def text_env_tasks(env_id: str, episodes: int | None = None) -> list[str]:
-    """The task ids of a plug-in env (its `task_ids`), else `seed:0` ... `seed:N-1` for `episodes` N."""
-    env = make_text_env(env_id)
-    try:
-        ids = getattr(env.unwrapped, "task_ids", None)
-        ids = ids() if callable(ids) else ids
-    finally:
-        env.close()
-    if ids:
-        return [str(i) for i in ids][:episodes] if episodes else [str(i) for i in ids]
-    if not episodes:
-        raise ForagerError(f"{env_id} has no `task_ids`: say how many episodes to run (--episodes N)")
-    return [f"seed:{i}" for i in range(episodes)]
 
 
 def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig,

@@ -247,8 +247,8 @@ class Episode:
             raise _Done("env_error", info["env_error"], infrastructure=True)
         if terminated:
             raise _Done("submitted")
-        if truncated:
-            raise _Done("out_of_turns")
+        if truncated or (self.swe is None and self.trajectory.num_turns >= self.config.max_turns):
+            raise _Done("out_of_turns")  # a text env keeps its own budget too; the agent's is the cap
         if out.finish_reason == "length" and self.context_tokens_left() < MIN_ROOM_TOKENS:
             raise _Done("out_of_context")
 

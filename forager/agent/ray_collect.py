@@ -14,7 +14,10 @@ from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
 from forager.agent.loop import make_env, run_episode
+from forager.agent.text_envs import make_text_env
 from forager.core import ForagerError, Task, Trajectory
+from forager.plugins import PLUGINS_ENV
+from forager.registration import SWE_ENV_ID
 from forager.policies.spec import PolicySpec
 from forager.runtime.docker import reaper
 from forager.runtime.pool import WarmPool
@@ -31,11 +34,16 @@ class RolloutWorker:
         # the process-wide shared pool would leave its idle containers behind.
         self.pool = (WarmPool(collect_config.warm_pool)
                      if collect_config.warm_pool and collect_config.runtime != "local" else None)
-        self.env = make_env(self.agent, collect_config.runtime, collect_config.reward or None,
-                            collect_config.docker_limits or None, self.pool or 0)
+        if collect_config.env_id and collect_config.env_id != SWE_ENV_ID:
+            self.env: Any = make_text_env(collect_config.env_id)
+        else:
+            self.env = make_env(self.agent, collect_config.runtime, collect_config.reward or None,
+                                collect_config.docker_limits or None, self.pool or 0)
 
-    def run(self, task: dict, sample: int) -> str:
-        return run_episode(self.env, self.policy, Task.model_validate(task), self.agent, sample=sample).to_json()
+    def run(self, task: dict | str, sample: int) -> str:
+        """One episode of a Task (as a dict) or of a plug-in env's task id."""
+        chosen = task if isinstance(task, str) else Task.model_validate(task)
+        return run_episode(self.env, self.policy, chosen, self.agent, sample=sample).to_json()
 
     def close(self) -> None:
         """Remove the episode's container and every idle one of the pool (before the actor is killed)."""
@@ -50,7 +58,18 @@ class RolloutWorker:
                 close()
 
 
-def run_on_ray(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
+def worker_env_vars() -> dict[str, str]:
+    """What the actors' processes need from this one's environment: unbuffered output, the plug-in folders."""
+    import os
+
+    return {"PYTHONUNBUFFERED": "1", **({PLUGINS_ENV: os.environ[PLUGINS_ENV]} if os.environ.get(PLUGINS_ENV) else {})}
+
+
+def _wire(task: Task | str) -> dict | str:
+    return task.model_dump() if isinstance(task, Task) else task
+
+
+def run_on_ray(pending: list[tuple[Task, int]] | list[tuple[str, int]], policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
                finished: Callable[[Trajectory], None], stop: threading.Event) -> None:
     """Run the pending (task, sample) pairs on Ray actors; `finished` gets each trajectory on the driver."""
     try:
@@ -63,7 +82,7 @@ def run_on_ray(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: 
     if started_here:
         address = None if config.ray_address == "local" else config.ray_address
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+                 runtime_env={"env_vars": worker_env_vars()})
     workers: list = []
     try:
         actor = ray.remote(num_cpus=0.1)(RolloutWorker)
@@ -73,14 +92,14 @@ def run_on_ray(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: 
         running = {}  # future -> worker
         for worker in workers:
             task, sample = queue.pop()
-            running[worker.run.remote(task.model_dump(), sample)] = worker
+            running[worker.run.remote(_wire(task), sample)] = worker
         while running:
             (ready,), _ = ray.wait(list(running), num_returns=1)
             worker = running.pop(ready)
             finished(Trajectory.from_json(ray.get(ready)))
             if queue and not stop.is_set():  # on stop: no new episodes, the running ones finish
                 task, sample = queue.pop()
-                running[worker.run.remote(task.model_dump(), sample)] = worker
+                running[worker.run.remote(_wire(task), sample)] = worker
     finally:
         _close_workers(ray, workers)
         if started_here:

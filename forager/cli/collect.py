@@ -159,7 +159,7 @@ def collect(
 def _collect_text_env(env_id: str, episodes: int | None, out: Path, spec: Any, agent: Any, samples_per_task: int,
                       workers: int, allow_mixed: bool, tasks: str | None) -> None:
     """`forager collect --env ID`: the plug-in env's own tasks (or seeds), the same store and resuming."""
-    from forager.agent.collect import text_env_tasks
+    from forager.agent.text_envs import text_env_tasks
     from forager.agent.config import CollectConfig
 
     if tasks is not None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from forager.core import ForagerError, Task, Trajectory
+from forager.core import ForagerError, Task, Trajectory, task_id_of
 from forager.train.buffer import Group
 
 
@@ -29,7 +29,8 @@ class OpenGroup:
     """A group being sampled: its task, the sample number of each slot, the slots not handed out, those ended."""
 
     index: int
-    task: Task
+    task: Task | str
+    """A Task of forager/SWE-v0, or a plug-in env's task id."""
     samples: list[int]
     todo: list[int]
     store_offset: int
@@ -38,16 +39,16 @@ class OpenGroup:
     """Slot -> its trajectory, or None when the infrastructure failed the episode."""
 
     def trajectory_id(self, slot: int) -> str:
-        return f"{self.task.instance_id}#{self.samples[slot]}"
+        return f"{task_id_of(self.task)}#{self.samples[slot]}"
 
 
 class TaskCursor:
     """Hands out the groups' episode slots in the run's fixed order; thread-safe; resumable from `state()`."""
 
-    def __init__(self, tasks: Sequence[Task], group_size: int, *, seed: int = 0,
+    def __init__(self, tasks: Sequence[Task] | Sequence[str], group_size: int, *, seed: int = 0,
                  state: Mapping[str, Any] | None = None, stored: Mapping[str, Trajectory] | None = None) -> None:
         """`stored`: trajectories already in the run's store, by id (from `state["store_offset"]` on)."""
-        ids = [task.instance_id for task in tasks]
+        ids = [task_id_of(task) for task in tasks]
         if not ids:
             raise ForagerError("no tasks to train on: check env.tasks (and env.limit)")
         repeated = [i for i, n in Counter(ids).items() if n > 1]
@@ -70,7 +71,7 @@ class TaskCursor:
             self._orders[epoch] = random.Random(f"{self.seed}:{epoch}").sample(range(len(self.tasks)), len(self.tasks))
         return self._orders[epoch]
 
-    def task_of(self, index: int) -> tuple[Task, int]:
+    def task_of(self, index: int) -> tuple[Task | str, int]:
         """Group `index`'s task and epoch."""
         epoch, position = divmod(index, len(self.tasks))
         return self.tasks[self.order(epoch)[position]], epoch
@@ -114,7 +115,7 @@ class TaskCursor:
             del self._open[group.index]
             self._finished += 1
         kept = [t for _, t in sorted(group.ended.items()) if t is not None]
-        return Group(group.task.instance_id, group.index, kept, self.group_size - len(kept))
+        return Group(task_id_of(group.task), group.index, kept, self.group_size - len(kept))
 
     def open_groups(self) -> list[OpenGroup]:
         """Groups started and not finished (each was admitted by the buffer)."""

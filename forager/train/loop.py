@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from forager.core import ForagerError, Task
+from forager.registration import SWE_ENV_ID
 from forager.train.buffer import RolloutBuffer
 from forager.train.config import TrainConfig, load_train_config
 from forager.train.demo import DEMO_MODEL, DEMO_TASKS, build_demo_model, demo_tasks
@@ -142,9 +143,13 @@ def write_config(config: TrainConfig, out: Path) -> None:
     atomic_write_text(path, config.to_yaml())
 
 
-def load_tasks_for(config: TrainConfig) -> tuple[list[Task], str]:
-    """The run's tasks (env.tasks, or the sample tasks) and the runtime to run them on."""
+def load_tasks_for(config: TrainConfig) -> tuple[list[Task] | list[str], str]:
+    """The run's tasks (env.tasks, or the sample tasks; a plug-in env's task ids) and the runtime to run them on."""
     env = config.env
+    if env.id != SWE_ENV_ID:
+        from forager.agent.text_envs import text_env_tasks
+
+        return text_env_tasks(env.id, env.limit), env.runtime
     if env.tasks == DEMO_TASKS:
         if env.runtime == "docker":
             raise ForagerError("env.tasks demo runs on the local runtime (its repository is on this machine); set "

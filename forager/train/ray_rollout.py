@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
-from forager.agent.ray_collect import RolloutWorker
+from forager.agent.ray_collect import RolloutWorker, worker_env_vars
 from forager.core import ForagerError, Task, Trajectory
 from forager.policies.spec import PolicySpec
 
@@ -34,8 +34,9 @@ class RaySlot:
     def __init__(self, ray: Any, actor: Any) -> None:
         self.ray, self.actor = ray, actor
 
-    def run(self, task: Task, sample: int) -> Trajectory:
-        return Trajectory.from_json(self.ray.get(self.actor.run.remote(task.model_dump(), sample)))
+    def run(self, task: Task | str, sample: int) -> Trajectory:
+        wire = task.model_dump() if isinstance(task, Task) else task
+        return Trajectory.from_json(self.ray.get(self.actor.run.remote(wire, sample)))
 
     def abort(self) -> None:
         self.actor.close.remote()  # closes the env under the running episode, which then ends
@@ -64,7 +65,7 @@ class RayBackend:
         self.started_here = not ray.is_initialized()
         if self.started_here:
             ray.init(address=None if address == "local" else address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+                     runtime_env={"env_vars": worker_env_vars()})
         self.actor_class = ray.remote(num_cpus=0.1, max_concurrency=2)(TrainRolloutWorker)
         self.args = (policy_spec.model_dump(), agent.model_dump(), collect.model_dump())
         self.version: int | None = None

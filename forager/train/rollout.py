@@ -70,7 +70,7 @@ def collect_config(config: TrainConfig) -> CollectConfig:
     env = config.env
     return CollectConfig(samples_per_task=config.rollout.group_size, workers=config.rollout.concurrency,
                          runtime=env.runtime, ray_address=config.ray_address, reward=env.reward,
-                         docker_limits=env.docker_limits, warm_pool=env.warm_pool)
+                         docker_limits=env.docker_limits, warm_pool=env.warm_pool, env_id=env.id)
 
 
 class _LocalSlot:
@@ -80,12 +80,13 @@ class _LocalSlot:
         self.policy, self.agent = policy, agent
         self.env = make_worker_env(agent, collect, pool)
 
-    def run(self, task: Task, sample: int) -> Trajectory:
+    def run(self, task: Task | str, sample: int) -> Trajectory:
         return run_episode(self.env, self.policy, task, self.agent, sample=sample)
 
-    def expect(self, task: Task, count: int) -> None:
+    def expect(self, task: Task | str, count: int) -> None:
         """A group's other episodes are coming: the warm pool (if any) checks their containers out now."""
-        self.env.expect(task, count)
+        if isinstance(task, Task) and hasattr(self.env, "expect"):
+            self.env.expect(task, count)
 
     def abort(self) -> None:
         self.env.close()  # the running episode's next step fails as an env_error and it ends
@@ -97,7 +98,7 @@ class _LocalSlot:
 class RolloutWorkers:
     """`concurrency` episode slots sampling groups for the buffer until stopped; see the module's docstring."""
 
-    def __init__(self, tasks: Sequence[Task], buffer: RolloutBuffer, run_dir: str | Path, *,
+    def __init__(self, tasks: Sequence[Task] | Sequence[str], buffer: RolloutBuffer, run_dir: str | Path, *,
                  engine: Policy | None = None, policy_spec: PolicySpec | None = None,
                  agent: AgentConfig | None = None, collect: CollectConfig | None = None, concurrency: int = 1,
                  seed: int = 0, cursor_state: dict[str, Any] | None = None) -> None:
@@ -132,7 +133,7 @@ class RolloutWorkers:
         self._infra: LazyWriter | None = None
 
     @classmethod
-    def from_config(cls, config: TrainConfig, tasks: Sequence[Task], buffer: RolloutBuffer, *,
+    def from_config(cls, config: TrainConfig, tasks: Sequence[Task] | Sequence[str], buffer: RolloutBuffer, *,
                     engine: Policy | None = None, policy_spec: PolicySpec | None = None,
                     cursor_state: dict[str, Any] | None = None) -> RolloutWorkers:
         return cls(tasks, buffer, config.out_dir, engine=engine, policy_spec=policy_spec, agent=agent_config(config),

@@ -36,10 +36,14 @@ class ModelConfig(BaseModel):
 
 
 class EnvConfig(BaseModel):
-    """The tasks and the SWE environment's budgets for every episode."""
+    """The environment, its tasks and the budgets for every episode."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    id: str = "forager/SWE-v0"
+    """The Gymnasium id of the environment: forager/SWE-v0, or a plug-in (`forager envs list`), whose own
+    task ids (or seeds, up to `limit`) are the tasks; `tasks`, `runtime` and the container settings are
+    forager/SWE-v0's."""
     tasks: str | None = None
     """Task source as `forager collect --tasks` takes it (JSONL/JSON/Parquet, a dataset directory or hub
     name); None: the sample repository's mutate-fix tasks; `demo`: the learning demo's task
