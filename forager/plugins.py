@@ -66,9 +66,9 @@ class Plugin:
                                f"be loaded: {type(err).__name__}: {err}") from err
 
     def description(self) -> str:
-        """The first line of the object's docstring ("" when it has none)."""
-        doc = getattr(self.load(), "__doc__", None) or ""
-        return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+        """The first paragraph of the object's docstring on one line ("" when it has none)."""
+        doc = (getattr(self.load(), "__doc__", None) or "").strip()
+        return " ".join(doc.split("\n\n")[0].split())
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,8 @@ def _from_folder(plugins: Plugins, folder: Path) -> None:
         for group, entries in table.items():
             kind = next((k for k, g in KINDS.items() if g == group), None)
             if kind is None:
-                plugins.broken.append(Broken("", name, str(path), f"unknown group {group!r}; use {', '.join(KINDS.values())}"))
+                groups = ", ".join(KINDS.values())
+                plugins.broken.append(Broken("", name, str(path), f"unknown group {group!r}; use {groups}"))
                 continue
             for plugin_name, target in dict(entries).items():
                 plugins.found.append(Plugin(kind, str(plugin_name), str(target), str(path)))

@@ -61,9 +61,9 @@ def plugin_folder(tmp_path: Path) -> Path:
             """Always says done."""
 
 
-        def bonus(result):
+        def bonus(context, reward):
             """One more point."""
-            return result + 1
+            return reward + 1
     '''))
     (folder / "broken_plugin.py").write_text("import no_such_module_anywhere\n")
     return folder
@@ -178,3 +178,67 @@ def test_two_steps_of_the_tiny_cpu_trainer_on_the_example_env(tmp_path: Path) ->
     assert len(episodes) >= 4 and {e["kind"] for e in episodes} == {"example/FixCommand-v0"}
     assert {e["task_id"] for e in episodes} <= {"executable", "hello-file", "sorted"}
     assert all(e["termination"] in ("submitted", "out_of_turns", "out_of_context") for e in episodes)
+
+
+def test_rewards_stack_on_the_grader_and_a_plugin_reward_must_return_a_number(plugin_folder: Path) -> None:
+    from forager.core import ForagerError, Task
+    from forager.plugins import discover
+    from forager.rewards.functions import RewardContext, RewardSpec
+    from forager.rewards.grading import RewardConfig, RewardResult
+
+    discover([plugin_folder], refresh=True)
+    os.environ["FORAGER_PLUGINS"] = str(plugin_folder)
+    try:
+        fix = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n"
+        task = Task(instance_id="t", image="i", base_commit="HEAD", problem_statement="p", patch=fix,
+                    FAIL_TO_PASS=["test_x.py::test_a"])
+        config = RewardConfig(unresolved=-1.0)
+        passed = RewardResult(reward=1.0, resolved=True, resolution="FULL")
+        context = RewardContext(task, task.patch, passed, config, turns=20, action_errors=2)
+        spec, fields = RewardSpec.split({"unresolved": -1.0, "shaping": [
+            {"name": "format-penalty", "per_error": 0.1},
+            {"name": "length-penalty", "per_turn": 0.05, "free_turns": 18}, {"name": "acme-bonus"}]})
+        assert fields == {"unresolved": -1.0}
+        reward, parts = spec(context)
+        assert parts == pytest.approx({"test-pass": 1.0, "format-penalty": 0.8, "length-penalty": 0.7,
+                                       "acme-bonus": 1.7})
+        assert reward == pytest.approx(1.7)
+        # The fallback: no test decided (the run failed), so the patch's likeness to the reference fix decides.
+        failed = RewardResult(reward=-1.0, resolved=False, resolution="NO", error="the test run crashed")
+        similar, _ = RewardSpec("patch-similarity")(RewardContext(task, task.patch, failed, config))
+        unlike, _ = RewardSpec("patch-similarity")(RewardContext(task, "+b = 3\n", failed, config))
+        assert (similar, unlike) == (1.0, -1.0)
+        with pytest.raises(ForagerError, match="did you mean format-penalty"):
+            RewardSpec.split({"shaping": [{"name": "format-penalt"}]})
+        (plugin_folder / "liar.py").write_text('ENTRY_POINTS = {"forager.rewards": {"liar": "liar:liar"}}\n'
+                                               'def liar(context):\n    return "full marks"\n')
+        discover(refresh=True)
+        with pytest.raises(ForagerError, match="reward 'liar' returned 'full marks' \\(str\\), not a finite number"):
+            RewardSpec("liar")(context)
+    finally:
+        del os.environ["FORAGER_PLUGINS"]
+        discover(refresh=True)
+
+
+def test_an_env_stacks_shaping_on_its_graded_reward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """forager/SWE-v0 with a format penalty: a malformed action, then the fix: 1 - 0.25."""
+    import tempfile
+
+    import gymnasium
+
+    from forager.images.sample import sample_tasks
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the local runtime's scratch clone goes here
+    task = sample_tasks(None)[0]
+    env = gymnasium.make("forager/SWE-v0", task=task, runtime="local", max_turns=5, reward={
+        "shaping": [{"name": "format-penalty", "per_error": 0.25}]}).unwrapped
+    try:
+        env.reset()
+        assert env.step("no tool call here")[0].startswith("Error:")
+        env.runtime.write_file("fix.patch", task.patch)
+        env.runtime.run_checked("git apply fix.patch && rm fix.patch")
+        _, reward, terminated, _, info = env.step("<tool: submit>\n</tool>")
+    finally:
+        env.close()
+    assert terminated and info["resolved"] and reward == pytest.approx(0.75)
+    assert info["reward_details"]["reward_parts"] == pytest.approx({"test-pass": 1.0, "format-penalty": 0.75})

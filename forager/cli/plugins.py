@@ -18,6 +18,10 @@ def _built_in(kind: str) -> dict[str, str]:
         from forager.policies import POLICIES
 
         return dict(POLICIES)
+    if kind == "rewards":
+        from forager.rewards.functions import REWARDS, SHAPING
+
+        return {**REWARDS, **SHAPING}
     return {}
 
 

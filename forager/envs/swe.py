@@ -23,6 +23,7 @@ from forager.core import (
 from forager.envs.options import EpisodeOptions
 from forager.envs.tools import TOOLS, ActionError, cap_text, execute, parse_action
 from forager.rewards import RewardConfig, RewardResult, grade_patch
+from forager.rewards.functions import RewardContext, RewardSpec
 from forager.rewards.grading import grading_preparation
 from forager.runtime.base import Preparation, ShellRuntime, prepared
 from forager.runtime.docker import DockerLimits
@@ -90,7 +91,10 @@ class SWEEnv(gym.Env[str, str]):
         self.options = self.defaults
         """The current episode's settings."""
         self.limits = DockerLimits(**(docker_limits or {}))
-        self.reward_config = RewardConfig(**(reward or {}))
+        self.reward_spec, fields = RewardSpec.split(reward)
+        """The reward function and the shaping stacked on the grader's verdict (`forager.rewards.functions`)."""
+        self.reward_config = RewardConfig(**fields)
+        self.action_errors = 0
         self.render_mode = render_mode
         self.pool: WarmPool | None = None
         """Containers started ahead for resets and grading (Docker only): the given pool, or for a
@@ -131,7 +135,7 @@ class SWEEnv(gym.Env[str, str]):
             self._close_runtime()
             raise
         self._announce_next()
-        self.turn, self.done, self.last_result = 0, False, None
+        self.turn, self.done, self.last_result, self.action_errors = 0, False, None, 0
         settings = self.options
         system, obs = settings.prompts.render(
             self.task, self.runtime.workdir, max_turns=settings.max_turns,
@@ -157,6 +161,7 @@ class SWEEnv(gym.Env[str, str]):
             info["command_s"] = result.command_s
         except ActionError as err:
             output = f"Error: {err}"
+            self.action_errors += 1
             info["action_error"] = cap_text(str(err), OBSERVATION_SLACK)  # it may echo a megabyte of the action
         except ForagerError as err:  # the environment itself failed (say, its container was removed)
             output = f"Environment error: {err}"
@@ -208,8 +213,12 @@ class SWEEnv(gym.Env[str, str]):
             return self.last_result
         self._announced.pop("grading", None)  # taken now
         open_graded = functools.partial(self._open_runtime, preparation=grading_preparation(self.task))
-        self.last_result = grade_patch(self.task, patch, open_graded, self.reward_config)
-        return self.last_result
+        result = grade_patch(self.task, patch, open_graded, self.reward_config)
+        context = RewardContext(self.task, patch, result, self.reward_config, turns=self.turn,
+                                action_errors=self.action_errors)
+        result.reward, result.reward_parts = self.reward_spec(context)
+        self.last_result = result
+        return result
 
     def expect(self, task: Task | dict[str, Any] | str, count: int = 1) -> None:
         """Announce `count` episodes of `task` to come (say, a GRPO group): with a warm pool, containers

@@ -85,6 +85,8 @@ class RewardResult:
     duration_s: float = 0.0
     tests_s: float = 0.0
     """Of `duration_s`, the seconds the test run itself took (the rest is Forager's and Docker's)."""
+    reward_parts: dict[str, float] = field(default_factory=dict)
+    """The reward after each stage of the env's reward (`forager.rewards.functions`), when it has one."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
