@@ -41,7 +41,13 @@ def test_the_wheel_carries_the_sample_and_no_stray_code(wheel: Path):
                    "forager/envs/prompts.yaml", "forager/trajectories/view.html"]:
         assert wanted in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    assert not [n for n in names if n.startswith(("tests/", "bench/", "semverkit/"))]
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "semverkit/", "envs/", "examples/"))]
+    # The shipped plug-ins, under a name of their own, without their tests; declared as entry points.
+    assert {"forager_envs/code_contests/env.py", "forager_envs/code_contests/problems.jsonl"} <= set(names)
+    assert not [n for n in names if n.startswith("forager_envs/") and "/tests/" in n]
+    [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "forager/CodeContests-v0 = forager_envs.code_contests:CodeContestsEnv" in \
+        zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_an_installed_forager_makes_the_env_outside_the_checkout(wheel: Path, tmp_path: Path):
@@ -64,11 +70,14 @@ def test_an_installed_forager_makes_the_env_outside_the_checkout(wheel: Path, tm
         print(info["task_id"])
         print("semverkit" in obs, len(env.unwrapped.tasks))
         env.close()
+        contests = gymnasium.make("forager/CodeContests-v0").unwrapped  # an entry point of the wheel's own
+        print(type(contests).__module__, len(contests.task_ids) >= 30)
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FORAGER_HOME")}
     done = subprocess.run([str(python), "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=300,
                           env={**env, "FORAGER_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr
-    task_id, flags = done.stdout.split("\n")[:2]
+    task_id, flags, contests = done.stdout.split("\n")[:3]
     assert task_id.startswith("semverkit__")
     assert flags == "True 4"
+    assert contests == "forager_envs.code_contests.env True"
