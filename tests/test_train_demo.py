@@ -90,7 +90,8 @@ def test_a_short_demo_run_learns(demo_config, tmp_path, one_torch_thread):
     config = demo_config.model_copy(update={"learner": demo_config.learner.model_copy(update={"steps": 8}),
                                             "checkpoint": demo_config.checkpoint.model_copy(update={"interval": 4})})
     summary = train(config, tmp_path / "run")
-    assert summary.step == 8 and summary.policy_version >= 6  # a batch of all-resolved groups changes nothing
+    # A step whose groups all resolved changes no weight (no version): fast learners skip several.
+    assert summary.step == 8 and summary.policy_version >= 3
     episodes = list(read_trajectories([tmp_path / "run"]))
     initial = [t for t in episodes if edit_version(t) == 0]
     updated = [t for t in episodes if edit_version(t) >= 1]
