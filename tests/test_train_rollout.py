@@ -100,17 +100,21 @@ def test_g_episodes_of_a_task_form_a_group_saved_in_the_store(tmp_path: Path) ->
 
 
 def test_a_resumed_cursor_runs_open_groups_again_reusing_what_the_store_holds(tmp_path: Path) -> None:
+    stopping = threading.Event()
+
     def slow_fix(engine: ScriptedEngine, messages) -> None:
-        if turns(messages):  # only the fixing episode has later turns
-            time.sleep(1.5)  # longer than the other episode takes to end and be stored, even on a loaded machine
+        if turns(messages):  # only the fixing episode has later turns: held until its env is closed under it
+            stopping.wait(120)
+            time.sleep(0.5)
 
     run = tmp_path / "run"
     buffer = RolloutBuffer(group_size=2, tokens_per_batch=1, max_staleness=4, max_buffered_groups=1)
     first = workers(run, buffer, ScriptedEngine(before_act=slow_fix), concurrency=2).start()
     wait_until(lambda: (run / "trajectories.jsonl").exists() and (run / "trajectories.jsonl").stat().st_size > 0)
+    stopping.set()
     first.stop(wait_s=0)  # the fixing episode is closed under it: an infrastructure failure, not a result
     state = first.state()
-    assert state["open_groups"] == [0] and len(state["trajectories_done"]) == 1 and buffer.in_flight == 0
+    assert state["open_groups"] == [0] and len(state["trajectories_done"]) == 1 and buffer.in_flight == 0, state
     done_before = read_trajectories([run])
     assert [t.trajectory_id for t in done_before] == state["trajectories_done"]
     assert len(read_trajectories([run / "infra_failures"])) == 1
