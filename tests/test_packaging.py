@@ -43,7 +43,7 @@ def test_the_wheel_carries_the_sample_and_no_stray_code(wheel: Path):
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "bench/", "semverkit/", "envs/", "examples/"))]
     # The shipped plug-ins, under a name of their own, without their tests; declared as entry points.
-    assert {"forager_envs/code_contests/env.py", "forager_envs/code_contests/problems.jsonl"} <= set(names)
+    assert {"forager_envs/code_contests/env.py", "forager_envs/code_contests/problems.jsonl.gz"} <= set(names)
     assert not [n for n in names if n.startswith("forager_envs/") and "/tests/" in n]
     [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "forager/CodeContests-v0 = forager_envs.code_contests:CodeContestsEnv" in \

@@ -1,6 +1,6 @@
 """code-contests: write a program that passes hidden tests, judged in a container without a network.
 
-Each problem (problems.jsonl: a statement, two public examples, 6-10 hidden tests, a reference
+Each problem (problems.jsonl.gz: a statement, two public examples, 6-10 hidden tests, a reference
 solution, time and memory limits) is one task. The agent replies with a Python 3 program in a
 ```python block. Multi-turn (forager/CodeContests-v0): a reply without `SUBMIT` runs the program on
 the public examples and shows the verdicts; a reply with `SUBMIT` (or the last turn) is judged on
@@ -16,6 +16,7 @@ address-space limit set by a small judge script inside.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import re
 import string
@@ -29,7 +30,7 @@ from forager.core import ForagerError
 from forager.runtime.docker import DockerLimits
 from forager.runtime.pool import WarmPool
 
-PROBLEMS = Path(__file__).with_name("problems.jsonl")
+PROBLEMS = Path(__file__).with_name("problems.jsonl.gz")
 IMAGE = "forager/base:latest"
 LIMITS = DockerLimits(memory="1g", cpus=1.0, pids=64)
 MAX_PROGRAM_BYTES = 64 << 10
@@ -70,8 +71,9 @@ print(json.dumps(out))
 
 @functools.lru_cache(maxsize=4)
 def load_problems(path: Path = PROBLEMS) -> dict[str, dict[str, Any]]:
-    """The problems by id (read once)."""
-    problems = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The problems by id (read once), from JSON lines, gzipped or not."""
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    problems = [json.loads(line) for line in text.splitlines() if line.strip()]
     return {problem["id"]: problem for problem in problems}
 
 
