@@ -233,6 +233,9 @@ class Episode:
             raise _Done("env_error", f"{where}: {type(err).__name__}: {err}", infrastructure=True) from err
         finally:
             self.timings["env"] += time.monotonic() - started
+        if not isinstance(observation, str):
+            raise _Done("env_error", f"{_env_id(self.env)}: step() returned a {type(observation).__name__}, not text")
+        info = dict(info or {})
         self.timings["commands"] += info.get("command_s", 0.0)
         call_id = out.tool_calls[0].get("id") if self.config.tool_format == "openai" and out.tool_calls else None
         self.add("tool" if call_id else "user", observation, tool_call_id=call_id)
