@@ -47,6 +47,8 @@ def plugin_folder(tmp_path: Path) -> Path:
 
             def reset(self, *, seed=None, options=None):
                 super().reset(seed=seed)
+                if (options or {}).get("task") == "broken":
+                    raise KeyError("no such echo")
                 return "say done", {"task_id": "echo"}
 
             def step(self, action):
@@ -116,7 +118,10 @@ def test_an_unknown_env_lists_close_ids_and_a_raising_or_lying_env_ends_the_epis
                                      "echo")
         assert trajectory.termination == "env_error" and error in (trajectory.error or "")
         assert "acme/Echo-v0" in trajectory.error
-    assert "Traceback" in trajectory.error or reply == "nan"
+        assert ("Traceback" in trajectory.error) == (reply == "crash")
+    with OpenAIServer("done") as server:
+        broken = run_episode(make_text_env("acme/Echo-v0"), OpenAIPolicy(server.base_url, model="toy-model"), "broken")
+    assert broken.termination == "env_error" and "Traceback" in broken.error and "no such echo" in broken.error
 
 
 def test_the_example_env_is_at_most_50_lines_and_passes_check_env() -> None:

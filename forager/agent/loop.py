@@ -159,7 +159,9 @@ class Episode:
         except ForagerError as err:
             raise _Done("env_error", f"reset failed: {err}", infrastructure=True) from err
         except Exception as err:  # Docker API errors and the like: the environment, not the agent
-            raise _Done("env_error", f"reset failed: {type(err).__name__}: {err}", infrastructure=True) from err
+            where = "reset failed" if self.swe is not None else \
+                f"reset failed in {_env_id(self.env)}:\n{traceback.format_exc(limit=12)}"  # a plug-in's own bug
+            raise _Done("env_error", f"{where}: {type(err).__name__}: {err}", infrastructure=True) from err
         finally:
             self.timings["reset"] = time.monotonic() - started
         system = str(info.get("system_prompt") or "")
