@@ -10,7 +10,8 @@ Reward 1 when every hidden test passes, else 0; `info["reward_details"]` has the
 
 Every judgement runs in a fresh container of a Forager base image (python3) from a warm pool: no
 network, no capabilities, the container's own limits, and per test a wall-clock limit and an
-address-space limit set by a small judge script inside.
+address-space limit set by a small judge script inside, which kills whatever a test left running.
+Only the inputs enter the container: the expected outputs stay in this process, which compares.
 """
 
 from __future__ import annotations
@@ -39,33 +40,43 @@ SYSTEM_PROMPT = ("You solve programming problems. Reply with one complete Python
                  "input and writes standard output, in a ```python code block.")
 
 JUDGE = r'''
-import json, resource, subprocess, sys, time
+import json, os, resource, signal, subprocess, sys, time
 job = json.load(open(sys.argv[1]))
+os.remove(sys.argv[1])
 with open("/tmp/solution.py", "w") as f:
     f.write(job["program"])
 limit = job["memory_mb"] << 20
 def confine():
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-def same(a, b):
-    clean = lambda s: [line.rstrip() for line in s.rstrip().splitlines()]
-    return clean(a) == clean(b)
-out = []
-for test in job["tests"]:
+def ancestors():
+    pid, seen = os.getpid(), set()
+    while pid > 1:
+        seen.add(pid)
+        pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    return seen
+keep = ancestors()
+def sweep():  # every process a test left behind, even one that left its session
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in keep:
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+runs = []
+for stdin in job["inputs"]:
     started = time.monotonic()
+    child = subprocess.Popen([sys.executable, "/tmp/solution.py"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, preexec_fn=confine, start_new_session=True)
     try:
-        run = subprocess.run([sys.executable, "/tmp/solution.py"], input=test["input"].encode(), capture_output=True,
-                             timeout=job["time_limit_s"], preexec_fn=confine)
-        text = run.stdout.decode(errors="replace")
-        err = run.stderr.decode(errors="replace")
-        if run.returncode != 0:
-            verdict = "MLE" if "MemoryError" in err else "RE"
-        else:
-            verdict = "OK" if same(text, test["output"]) else "WA"
+        out, err = child.communicate(stdin.encode(), timeout=job["time_limit_s"])
+        status = child.returncode
     except subprocess.TimeoutExpired:
-        text, err, verdict = "", "", "TLE"
-    out.append({"verdict": verdict, "seconds": round(time.monotonic() - started, 3), "output": text[:2000],
-                "error": err[-2000:]})
-print(json.dumps(out))
+        out, err, status = b"", b"", None
+    sweep()
+    child.wait()
+    runs.append({"status": status, "seconds": round(time.monotonic() - started, 3),
+                 "output": out.decode(errors="replace"), "error": err.decode(errors="replace")[-2000:]})
+print(json.dumps(runs))
 '''
 
 
@@ -91,16 +102,20 @@ class Judge:
         self.pool = WarmPool(warm)
 
     def run(self, program: str, tests: list[dict[str, str]], time_limit_s: float, memory_mb: int) -> list[dict]:
-        job = json.dumps({"program": program, "tests": tests, "time_limit_s": time_limit_s, "memory_mb": memory_mb})
+        """Each test's verdict, time, output and error tail. Only the inputs enter the container: the expected
+        outputs stay here, where the program cannot read them, and the comparison is made here too."""
+        job = json.dumps({"program": program, "inputs": [t["input"] for t in tests], "time_limit_s": time_limit_s,
+                          "memory_mb": memory_mb})
         budget = 60 + len(tests) * (time_limit_s + 2)
         with self.pool.take(self.image, "/tmp", limits=self.limits, command_timeout=budget) as runtime:
             runtime.put_file("/tmp/job.json", job.encode())
             runtime.put_file("/tmp/judge.py", JUDGE.encode())
-            result = runtime.run("python3 /tmp/judge.py /tmp/job.json", budget)
-        try:
-            return json.loads(result.output.strip().splitlines()[-1])
-        except (ValueError, IndexError) as err:
-            raise ForagerError(f"the judge did not report (exit {result.exit_code}): {result.output[-500:]}") from err
+            try:
+                report = runtime.run_checked("python3 /tmp/judge.py /tmp/job.json", budget)
+                runs = json.loads(report.strip().splitlines()[-1])
+            except (RuntimeError, ValueError, IndexError) as err:
+                raise ForagerError(f"the judge did not report: {str(err)[-500:]}") from err
+        return [{**run, "verdict": _verdict(run, test)} for run, test in zip(runs, tests)]
 
     def close(self) -> None:
         self.pool.close()
@@ -188,6 +203,19 @@ class SingleTurnCodeContestsEnv(CodeContestsEnv):
     """Write a Python program that passes a problem's hidden tests, in one reply."""
 
     single_turn = True
+
+
+def _verdict(run: dict, test: dict[str, str]) -> str:
+    if run["status"] is None:
+        return "TLE"
+    if run["status"] != 0:
+        return "MLE" if "MemoryError" in run["error"] else "RE"
+    return "OK" if _lines(run["output"]) == _lines(test["output"]) else "WA"
+
+
+def _lines(text: str) -> list[str]:
+    """Output as compared: trailing spaces on each line and trailing blank lines do not count."""
+    return [line.rstrip() for line in text.rstrip().splitlines()]
 
 
 def _counts(verdicts: list[dict]) -> str:

@@ -87,3 +87,20 @@ def test_single_turn_judges_the_first_reply_and_a_reply_without_code_scores_noth
     assert terminated and reward == 0.0 and info["reward_details"]["error"] == "no ```python block in the reply"
     env.close()
     assert extract_program("```py\nprint(1)\n```\nthen\n```python\nprint(2)\n```") == "print(2)\n"
+
+
+def test_a_program_cannot_read_the_expected_outputs_nor_outlive_its_test(judge: Judge) -> None:
+    """The judge in the container never holds the answers; a program that looks for them finds none, and a
+    process it leaves behind (even in a session of its own) is killed before the next test starts."""
+    snoop = ("import glob\nseen = []\nfor path in glob.glob('/tmp/**', recursive=True):\n"
+             "    try:\n        seen.append(open(path, errors='replace').read())\n    except OSError:\n        pass\n"
+             "print('FOUND' if any('4242' + '42' in text for text in seen) else 'none')\n")  # not in its own text
+    assert judge.run(snoop, [{"input": "1 2\n", "output": "424242\n"}], 2, 64)[0]["output"].strip() == "none"
+    linger = ("import os, sys, time\n"
+              "if sys.stdin.read().strip() == 'first':\n"
+              "    if os.fork() == 0:\n        os.setsid()\n        os.close(1)\n        os.close(2)\n        time.sleep(1)\n"
+              "        open('/tmp/late', 'w').write('x')\n        os._exit(0)\n    print('ok')\n"
+              "else:\n    time.sleep(2)\n    print('late' if os.path.exists('/tmp/late') else 'ok')\n")
+    tests = [{"input": "first\n", "output": "ok\n"}, {"input": "second\n", "output": "ok\n"}]
+    verdicts = judge.run(linger, tests, 4, 64)
+    assert [v["verdict"] for v in verdicts] == ["OK", "OK"], verdicts
