@@ -208,11 +208,14 @@ def test_rewards_stack_on_the_grader_and_a_plugin_reward_must_return_a_number(pl
         assert parts == pytest.approx({"test-pass": 1.0, "format-penalty": 0.8, "length-penalty": 0.7,
                                        "acme-bonus": 1.7})
         assert reward == pytest.approx(1.7)
-        # The fallback: no test decided (the run failed), so the patch's likeness to the reference fix decides.
+        # The fallback: a task without tests is judged by the patch's likeness to the reference fix.
         failed = RewardResult(reward=-1.0, resolved=False, resolution="NO", error="the test run crashed")
-        similar, _ = RewardSpec("patch-similarity")(RewardContext(task, task.patch, failed, config))
-        unlike, _ = RewardSpec("patch-similarity")(RewardContext(task, "+b = 3\n", failed, config))
+        untested = task.model_copy(update={"FAIL_TO_PASS": [], "PASS_TO_PASS": []})
+        similar, _ = RewardSpec("patch-similarity")(RewardContext(untested, task.patch, failed, config))
+        unlike, _ = RewardSpec("patch-similarity")(RewardContext(untested, "+b = 3\n", failed, config))
         assert (similar, unlike) == (1.0, -1.0)
+        # A task with tests never falls back, even when the run failed: the policy could make it fail on purpose.
+        assert RewardSpec("patch-similarity")(RewardContext(task, task.patch, failed, config))[0] == -1.0
         with pytest.raises(ForagerError, match="did you mean format-penalty"):
             RewardSpec.split({"shaping": [{"name": "format-penalt"}]})
         (plugin_folder / "liar.py").write_text('ENTRY_POINTS = {"forager.rewards": {"liar": "liar:liar"}}\n'

@@ -44,11 +44,14 @@ def tests_passed(context: RewardContext) -> float:
 
 
 def patch_similarity(context: RewardContext, threshold: float = 0.5) -> float:
-    """CWM's fallback where the tests cannot decide (none, or the run failed): `resolved` when the patch's
-    changed lines match the reference fix's at least `threshold` (difflib's ratio), else `unresolved`."""
-    result, config = context.result, context.config
-    if context.task.tests and result.error is None:
-        return result.reward  # the tests decided
+    """CWM's fallback for tasks whose tests cannot decide (they name none): `resolved` when the patch's
+    changed lines match the reference fix's at least `threshold` (difflib's ratio), else `unresolved`.
+
+    A task with tests is graded by them alone, even when the run failed: a policy can make a run fail
+    (a screened patch, a crash, tampering), and must not trade that for a likeness score."""
+    config = context.config
+    if context.task.tests:
+        return context.result.reward
     reference = _changed_lines(context.task.patch or "")
     ratio = difflib.SequenceMatcher(None, _changed_lines(context.diff), reference).ratio()
     return config.resolved if context.task.patch and ratio >= threshold else config.unresolved
