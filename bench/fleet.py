@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import forager.envs  # noqa: E402,F401 - registers forager/SWE-v0
 from collect import run as run_collection, sample_mutate_fix_tasks  # noqa: E402
+from grading import direct_run_s  # noqa: E402
 from forager.images.sample import build_sample_image, sample_tasks  # noqa: E402
 from forager.policies.spec import PolicySpec  # noqa: E402
 from forager.rewards import grade_patch  # noqa: E402
@@ -153,13 +154,7 @@ def grading_speed(tasks: list, client, repeats: int) -> dict:
                 grade_s.append(time.perf_counter() - started)
                 assert result.resolved, (task.instance_id, result.error)
                 reaper.drain()
-                started = time.perf_counter()
-                container = client.containers.run(
-                    task.image, ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *task.tests],
-                    detach=True, network_mode="none", working_dir=task.workdir)
-                container.wait()
-                raw_s.append(time.perf_counter() - started)
-                container.remove(force=True)
+                raw_s.append(direct_run_s(client, task))
         hits = pool.prepared_hits
     return {"grade_ms_p50": round(1000 * statistics.median(grade_s)), "raw_ms_p50": round(1000 * statistics.median(raw_s)),
             "grading_over_raw": round(sum(grade_s) / sum(raw_s), 2), "prepared_hits": hits, "gradings": len(grade_s)}

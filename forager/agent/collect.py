@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
-from forager.agent.loop import make_env, run_episode
-from forager.agent.text_envs import make_text_env
+from forager.agent.loop import make_pool, make_worker_env, run_episode
 from forager.agent.ray_collect import run_on_ray
 from forager.core import ForagerError, Task, Trajectory
 from forager.envs.swe import SWEEnv
 from forager.files import atomic_write_text
 from forager.policies.spec import PolicySpec
-from forager.registration import SWE_ENV_ID
-from forager.runtime.pool import WarmPool
 from forager.trajectories.store import INFRA_FAILURES, TrajectoryWriter, is_infrastructure_failure
 from forager.workers import run_workers
 
@@ -234,26 +231,6 @@ def stop_on_sigint(stop: threading.Event, on_stopping: Callable[[], None] | None
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def make_pool(config: CollectConfig) -> WarmPool | None:
-    """The warm pool the workers share, or None (none asked for, or the local runtime, which starts nothing).
-
-    Room for two prepared containers per worker (its next episode's checkout and its grading), and a
-    warming thread per four workers (at least 2, at most 8): `docker run` is the engine's work, not ours.
-    """
-    if not config.warm_pool or config.runtime == "local" or (config.env_id and config.env_id != SWE_ENV_ID):
-        return None
-    return WarmPool(config.warm_pool, threads=min(8, max(2, config.workers // 4)),
-                    prepared_limit=max(8, 2 * config.workers + config.warm_pool))
-
-
-def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None) -> Any:
-    """One worker's env: the collection's runtime, reward and limits, its containers from `pool` when there is
-    one; or the plug-in env `config.env_id`, made by Gymnasium."""
-    if config.env_id and config.env_id != SWE_ENV_ID:
-        return make_text_env(config.env_id)
-    return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
 
 
 def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent: AgentConfig,

@@ -109,6 +109,13 @@ class CollectConfig(BaseModel):
     """A Gymnasium id of a text environment (a plug-in: `forager envs list`) to run instead of forager/SWE-v0;
     its tasks are ids (or `seed:N`), and runtime, reward, limits and pool are the env's own business."""
 
+    @property
+    def text_env(self) -> str | None:
+        """`env_id` when it names a plug-in env rather than forager/SWE-v0, else None."""
+        from forager.registration import SWE_ENV_ID
+
+        return self.env_id if self.env_id and self.env_id != SWE_ENV_ID else None
+
 
 def load_agent_config(path: str | Path | None = None, **overrides: Any) -> AgentConfig:
     """The defaults, updated by the `agent:` section of a YAML file (or the whole file), then `overrides`."""

@@ -25,7 +25,8 @@ from typing import Any, cast
 
 import gymnasium as gym
 
-from forager.agent.config import AgentConfig
+from forager.agent.config import AgentConfig, CollectConfig
+from forager.agent.text_envs import make_text_env
 from forager.core import (
     ContextLengthExceeded,
     ForagerError,
@@ -63,6 +64,26 @@ def make_env(config: AgentConfig, runtime: str = "auto", reward: dict[str, Any] 
     return SWEEnv(tasks=[], runtime=runtime, max_turns=config.max_turns, command_timeout=config.command_timeout,
                   max_output_bytes=config.max_output_bytes, reward=reward, docker_limits=docker_limits,
                   warm_pool=warm_pool)
+
+
+def make_pool(config: CollectConfig) -> WarmPool | None:
+    """The warm pool the workers share, or None (none asked for, or the local runtime, which starts nothing).
+
+    Room for two prepared containers per worker (its next episode's checkout and its grading), and a
+    warming thread per four workers (at least 2, at most 8): `docker run` is the engine's work, not ours.
+    """
+    if not config.warm_pool or config.runtime == "local" or config.text_env:
+        return None
+    return WarmPool(config.warm_pool, threads=min(8, max(2, config.workers // 4)),
+                    prepared_limit=max(8, 2 * config.workers + config.warm_pool))
+
+
+def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None) -> Any:
+    """One worker's env: the collection's runtime, reward and limits, its containers from `pool` when there is
+    one; or the plug-in env `config.env_id`, made by Gymnasium."""
+    if config.text_env:
+        return make_text_env(config.text_env)
+    return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
 
 
 def run_episode(

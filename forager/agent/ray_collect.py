@@ -13,14 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
-from forager.agent.loop import make_env, run_episode
-from forager.agent.text_envs import make_text_env
+from forager.agent.loop import make_pool, make_worker_env, run_episode
 from forager.core import ForagerError, Task, Trajectory
 from forager.plugins import PLUGINS_ENV
-from forager.registration import SWE_ENV_ID
 from forager.policies.spec import PolicySpec
 from forager.runtime.docker import reaper
-from forager.runtime.pool import WarmPool
 
 
 class RolloutWorker:
@@ -30,15 +27,10 @@ class RolloutWorker:
         self.policy = PolicySpec.model_validate(policy_spec).build()
         self.agent = AgentConfig.model_validate(agent)
         collect_config = CollectConfig.model_validate(config)
-        # The actor's own pool, closed by close(): `ray.kill` ends the process without atexit, so
-        # the process-wide shared pool would leave its idle containers behind.
-        self.pool = (WarmPool(collect_config.warm_pool)
-                     if collect_config.warm_pool and collect_config.runtime != "local" else None)
-        if collect_config.env_id and collect_config.env_id != SWE_ENV_ID:
-            self.env: Any = make_text_env(collect_config.env_id)
-        else:
-            self.env = make_env(self.agent, collect_config.runtime, collect_config.reward or None,
-                                collect_config.docker_limits or None, self.pool or 0)
+        # The actor's own pool (for its one env), closed by close(): `ray.kill` ends the process without
+        # atexit, so the process-wide shared pool would leave its idle containers behind.
+        self.pool = make_pool(collect_config.model_copy(update={"workers": 1}))
+        self.env = make_worker_env(self.agent, collect_config, self.pool)
 
     def run(self, task: dict | str, sample: int) -> str:
         """One episode of a Task (as a dict) or of a plug-in env's task id."""

@@ -9,6 +9,7 @@ import typer
 from rich.panel import Panel
 
 from forager.cli import RuntimeChoice, console, dim, fail, read_tasks
+from forager.registration import SWE_ENV_ID
 
 if TYPE_CHECKING:
     from forager.agent.collect import CollectStats
@@ -137,7 +138,7 @@ def collect(
     spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
     validate_policy(spec)
     agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
-    if env is not None and env != "forager/SWE-v0":
+    if env is not None and env != SWE_ENV_ID:
         _collect_text_env(env, episodes, out, spec, agent, samples_per_task, workers, allow_mixed, tasks)
         return
     if tasks is None:

@@ -228,8 +228,7 @@ class SWEEnv(gym.Env[str, str]):
             return
         task = self._pick_task(task)
         if task.image:
-            self.pool.expect(task.image, checkout_preparation(task), count, workdir=task.workdir, limits=self.limits,
-                             command_timeout=self.options.command_timeout, max_output_bytes=self.options.max_output_bytes)
+            self.pool.expect(task.image, checkout_preparation(task), count, **self._pool_key(task, self.options))
 
     def _announce_next(self) -> None:
         """With a pool: this episode's grading, and the next reset's task when the env draws it itself."""
@@ -246,10 +245,14 @@ class SWEEnv(gym.Env[str, str]):
 
     def _announce(self, what: str, task: Task, preparation: Preparation, options: EpisodeOptions) -> None:
         assert self.pool is not None and task.image
-        where = {"workdir": task.workdir, "limits": self.limits, "command_timeout": options.command_timeout,
-                 "max_output_bytes": options.max_output_bytes}
+        where = self._pool_key(task, options)
         self.pool.expect(task.image, preparation, **where)
         self._announced[what] = (task.image, preparation, where)
+
+    def _pool_key(self, task: Task, options: EpisodeOptions) -> dict[str, Any]:
+        """What besides the image and preparation tells the pool's runtimes apart (as `_open_runtime` takes them)."""
+        return {"workdir": task.workdir, "limits": self.limits, "command_timeout": options.command_timeout,
+                "max_output_bytes": options.max_output_bytes}
 
     def _withdraw(self, what: str) -> None:
         announced = self._announced.pop(what, None)

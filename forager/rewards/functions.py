@@ -15,6 +15,7 @@ function takes `(context, **options)` and returns a number; a shaping term takes
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,10 +99,12 @@ class RewardSpec:
         if not isinstance(shaping, list) or not all(isinstance(s, Mapping) and "name" in s for s in shaping):
             raise ForagerError("reward.shaping: a list of {name: ..., options...} mappings")
         spec = cls(str(rest.pop("function", "test-pass")), dict(rest.pop("options", None) or {}), tuple(shaping))
-        spec.load()  # a typo is an error now, not after the first episode
+        spec.loaded  # noqa: B018 - a typo is an error now, not after the first episode
         return spec, rest
 
-    def load(self) -> tuple[Callable[..., Any], list[tuple[str, Callable[..., Any], dict[str, Any]]]]:
+    @functools.cached_property
+    def loaded(self) -> tuple[Callable[..., Any], list[tuple[str, Callable[..., Any], dict[str, Any]]]]:
+        """The reward function and the shaping terms with their options, imported once."""
         function = load_named(self.function, REWARDS, "reward", plugins="rewards")
         terms = [(str(term["name"]), load_named(str(term["name"]), SHAPING, "reward shaping", plugins="rewards"),
                   {k: v for k, v in term.items() if k != "name"}) for term in self.shaping]
@@ -109,7 +112,7 @@ class RewardSpec:
 
     def __call__(self, context: RewardContext) -> tuple[float, dict[str, float]]:
         """The final reward, and each stage's value (`function`, then each shaping term by name)."""
-        function, terms = self.load()
+        function, terms = self.loaded
         reward = _call(self.function, function, context, **(self.options or {}))
         parts = {self.function: reward}
         for name, term, options in terms:

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from forager.agent.collect import LazyWriter, make_pool, make_worker_env
+from forager.agent.collect import LazyWriter
+from forager.agent.loop import make_pool, make_worker_env
 from forager.agent.config import AgentConfig, CollectConfig, load_agent_config
 from forager.agent.loop import run_episode
 from forager.core import ForagerError, Policy, Task, Trajectory
