@@ -24,6 +24,7 @@ from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
 from forager.agent.loop import make_pool, make_worker_env, run_episode
+from forager.agent.text_envs import prepare_tasks
 from forager.agent.ray_collect import run_on_ray
 from forager.core import ForagerError, Task, Trajectory
 from forager.envs.swe import SWEEnv
@@ -135,7 +136,8 @@ def collect(
 ) -> CollectStats:
     """Run every missing (task, sample) pair and append its trajectory to `out_dir/trajectories.jsonl`.
 
-    `tasks` are Tasks for forager/SWE-v0, or task ids of the plug-in env `config.env_id` (`text_env_tasks`).
+    `tasks` are Tasks for forager/SWE-v0 or the SWE environment `config.env_id` (which makes them its own:
+    `SWEEnv.prepare_tasks`), or task ids of the text environment `config.env_id` (`text_env_tasks`).
 
     `stop` set (say, on Ctrl-C) means: start no new episode, finish the running ones. With
     `handle_sigint` (main thread only) the first Ctrl-C sets it and calls `on_stopping`, the second
@@ -145,6 +147,7 @@ def collect(
     agent = agent or AgentConfig()
     config = config or CollectConfig()
     stop = stop or threading.Event()
+    tasks = prepare_tasks(tasks, config)
     ids = [t.instance_id if isinstance(t, Task) else str(t) for t in tasks]
     duplicated = [i for i, n in Counter(ids).items() if n > 1]
     if duplicated:

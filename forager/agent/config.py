@@ -106,15 +106,16 @@ class CollectConfig(BaseModel):
     warm_pool: int = Field(0, ge=0)
     """Containers kept started ahead per image, so resets and gradings do not wait for `docker run`."""
     env_id: str | None = None
-    """A Gymnasium id of a text environment (a plug-in: `forager envs list`) to run instead of forager/SWE-v0;
-    its tasks are ids (or `seed:N`), and runtime, reward, limits and pool are the env's own business."""
+    """A Gymnasium id (`forager envs list`) to run instead of forager/SWE-v0. A SWE environment (a SWEEnv
+    subclass, say forager/SWE-TestGen-v0) runs Tasks with this runtime, reward, limits and pool; a text
+    environment's tasks are ids (or `seed:N`), and runtime, reward, limits and pool are its own business."""
 
     @property
     def text_env(self) -> str | None:
-        """`env_id` when it names a plug-in env rather than forager/SWE-v0, else None."""
-        from forager.registration import SWE_ENV_ID
+        """`env_id` when it names a text environment rather than a SWE one, else None."""
+        from forager.agent.text_envs import swe_env_class
 
-        return self.env_id if self.env_id and self.env_id != SWE_ENV_ID else None
+        return self.env_id if self.env_id and swe_env_class(self.env_id) is None else None
 
 
 def load_agent_config(path: str | Path | None = None, **overrides: Any) -> AgentConfig:

@@ -26,7 +26,7 @@ from typing import Any, cast
 import gymnasium as gym
 
 from forager.agent.config import AgentConfig, CollectConfig
-from forager.agent.text_envs import make_text_env
+from forager.agent.text_envs import make_text_env, swe_env_class
 from forager.core import (
     ContextLengthExceeded,
     ForagerError,
@@ -59,9 +59,10 @@ def _now() -> str:
 
 
 def make_env(config: AgentConfig, runtime: str = "auto", reward: dict[str, Any] | None = None,
-             docker_limits: dict[str, Any] | None = None, warm_pool: int | WarmPool = 0) -> SWEEnv:
-    """A task-less SWEEnv with the agent's budgets; `run_episode` resets it onto each task."""
-    return SWEEnv(tasks=[], runtime=runtime, max_turns=config.max_turns, command_timeout=config.command_timeout,
+             docker_limits: dict[str, Any] | None = None, warm_pool: int | WarmPool = 0,
+             env_class: type[SWEEnv] = SWEEnv) -> SWEEnv:
+    """A task-less SWEEnv (or `env_class`, a subclass) with the agent's budgets; `run_episode` resets it onto each task."""
+    return env_class(tasks=[], runtime=runtime, max_turns=config.max_turns, command_timeout=config.command_timeout,
                   max_output_bytes=config.max_output_bytes, reward=reward, docker_limits=docker_limits,
                   warm_pool=warm_pool)
 
@@ -83,7 +84,8 @@ def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | 
     one; or the plug-in env `config.env_id`, made by Gymnasium."""
     if config.text_env:
         return make_text_env(config.text_env)
-    return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0)
+    return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0,
+                    swe_env_class(config.env_id) or SWEEnv)
 
 
 def run_episode(

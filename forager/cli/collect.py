@@ -133,12 +133,13 @@ def collect(
     """Run the ForagerAgent on tasks and save one trajectory per (task, sample), resumably."""
     from forager.agent.collect import validate_policy
     from forager.agent.config import CollectConfig, load_agent_config
+    from forager.agent.text_envs import swe_env_class
 
     # Everything that can be wrong in the command is checked before anything is built or written.
     spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
     validate_policy(spec)
     agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
-    if env is not None and env != SWE_ENV_ID:
+    if env is not None and swe_env_class(env) is None:
         _collect_text_env(env, episodes, out, spec, agent, samples_per_task, workers, allow_mixed, tasks)
         return
     if tasks is None:
@@ -146,13 +147,15 @@ def collect(
         source = "sample (embedded)"
     else:
         task_list, kind, source = read_tasks(tasks, split, fmt), runtime.value, tasks
-    task_list = task_list[:limit] if limit else task_list
+    count = min(n for n in (limit, episodes) if n) if limit or episodes else None
+    task_list = task_list[:count] if count else task_list
     if not task_list:
         fail(f"no tasks in {source}")
     run_config = CollectConfig(samples_per_task=samples_per_task, workers=workers, runtime=kind,
                                ray_address=ray_address, reward={"unresolved": reward_unresolved},
-                               warm_pool=min(workers, 4) if warm_pool is None else warm_pool)
-    console.print(f"collecting {len(task_list)} task(s) x {samples_per_task} sample(s) with the {spec.name} "
+                               warm_pool=min(workers, 4) if warm_pool is None else warm_pool,
+                               env_id=None if env == SWE_ENV_ID else env)
+    console.print(f"collecting {len(task_list)} task(s){f' of {env}' if env else ''} x {samples_per_task} sample(s) with the {spec.name} "
                   f"policy, {workers} worker(s), {kind} runtime -> {out}")
     run_collection(task_list, out, spec, agent, run_config, source, allow_mixed)
 

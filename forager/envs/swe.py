@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ class SWEEnv(gym.Env[str, str]):
     """
 
     metadata = {"render_modes": ["ansi"]}
+    grading_runtimes = 1
+    """Fresh runtimes one grading takes (a warm pool prepares as many for each episode)."""
 
     def __init__(
         self,
@@ -113,7 +116,7 @@ class SWEEnv(gym.Env[str, str]):
         self.last_result: RewardResult | None = None
         self._last_obs = ""
         self._next_draw: Task | None = None  # the next random task, drawn early so the pool can prepare it
-        self._announced: dict[str, tuple[str, Preparation, dict[str, Any]]] = {}
+        self._announced: dict[str, tuple[str, Preparation, int, dict[str, Any]]] = {}
         """What this env told the pool to prepare and has not taken yet: "grading" and "next" reset."""
 
     # -- gymnasium API ---------------------------------------------------------------------------
@@ -196,6 +199,12 @@ class SWEEnv(gym.Env[str, str]):
         self._close_runtime()
         super().close()
 
+    @classmethod
+    def prepare_tasks(cls, tasks: list[Task], runtime: str = "auto") -> list[Task]:
+        """`tasks` as this env runs them (as they are here; a subclass may make them its own, as the
+        test-generation env does), so that whoever runs episodes passes the policy the same Task."""
+        return tasks
+
     # -- the rest --------------------------------------------------------------------------------
     def diff(self) -> str:
         """The agent's changes so far, against the commit the episode started from."""
@@ -213,12 +222,18 @@ class SWEEnv(gym.Env[str, str]):
             return self.last_result
         self._announced.pop("grading", None)  # taken now
         open_graded = functools.partial(self._open_runtime, preparation=grading_preparation(self.task))
-        result = grade_patch(self.task, patch, open_graded, self.reward_config)
+        result = self.grade_diff(patch, open_graded)
         context = RewardContext(self.task, patch, result, self.reward_config, turns=self.turn,
                                 action_errors=self.action_errors)
         result.reward, result.reward_parts = self.reward_spec(context)
         self.last_result = result
         return result
+
+    def grade_diff(self, patch: str, open_graded: Callable[[Task], ShellRuntime]) -> RewardResult:
+        """The grader's verdict on the agent's `patch` for the current task, in runtimes `open_graded` gives
+        (fresh, from the task's image; prepared already when a warm pool could): `grade_patch` here."""
+        assert self.task is not None
+        return grade_patch(self.task, patch, open_graded, self.reward_config)
 
     def expect(self, task: Task | dict[str, Any] | str, count: int = 1) -> None:
         """Announce `count` episodes of `task` to come (say, a GRPO group): with a warm pool, containers
@@ -234,7 +249,7 @@ class SWEEnv(gym.Env[str, str]):
         """With a pool: this episode's grading, and the next reset's task when the env draws it itself."""
         if self.pool is None or self.task is None or not self.task.image:
             return
-        self._announce("grading", self.task, grading_preparation(self.task), self.options)
+        self._announce("grading", self.task, grading_preparation(self.task), self.options, self.grading_runtimes)
         if self.options.task is not None:
             return  # the caller chooses the tasks, and announces them if it knows them (`expect`)
         if len(self.tasks) > 1 and self._next_draw is None:
@@ -243,11 +258,11 @@ class SWEEnv(gym.Env[str, str]):
         if upcoming.image and "next" not in self._announced:
             self._announce("next", upcoming, checkout_preparation(upcoming), self.defaults)
 
-    def _announce(self, what: str, task: Task, preparation: Preparation, options: EpisodeOptions) -> None:
+    def _announce(self, what: str, task: Task, preparation: Preparation, options: EpisodeOptions, count: int = 1) -> None:
         assert self.pool is not None and task.image
         where = self._pool_key(task, options)
-        self.pool.expect(task.image, preparation, **where)
-        self._announced[what] = (task.image, preparation, where)
+        self.pool.expect(task.image, preparation, count, **where)
+        self._announced[what] = (task.image, preparation, count, where)
 
     def _pool_key(self, task: Task, options: EpisodeOptions) -> dict[str, Any]:
         """What besides the image and preparation tells the pool's runtimes apart (as `_open_runtime` takes them)."""
@@ -257,8 +272,8 @@ class SWEEnv(gym.Env[str, str]):
     def _withdraw(self, what: str) -> None:
         announced = self._announced.pop(what, None)
         if announced is not None and self.pool is not None:
-            image, preparation, where = announced
-            self.pool.cancel(image, preparation, **where)
+            image, preparation, count, where = announced
+            self.pool.cancel(image, preparation, count, **where)
 
     def _fit_observation(self, output: str) -> str:
         """The observation within the observation space and the output budget, and encodable as UTF-8.

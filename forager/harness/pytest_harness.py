@@ -96,12 +96,13 @@ class PytestHarness:
         xml, exit_code = marker_report(end)
         return run_result(tests, xml, obs.output[:end.start()], exit_code, True, False, obs.duration_s)
 
-    def collect(self, timeout: float = 300.0) -> list[str]:
-        """Node ids of every test pytest collects with the task's options."""
+    def collect(self, timeout: float = 300.0, paths: Sequence[str] = ()) -> list[str]:
+        """Node ids of every test pytest collects with the task's options (in `paths` only, when given)."""
+        args = [a for a in self.command.args if a != "-rA"] + (["--", *paths] if paths else [])
         obs = self.runtime.session.run(
             f"cd {bash_quote(self.runtime.workdir)} && {self.command.env_prefix()}PYTHONDONTWRITEBYTECODE=1 "
             f"{self.command.python} -m pytest --collect-only -q -p no:cacheprovider "
-            f"{' '.join(bash_quote(a) for a in self.command.args if a not in ('-rA',))}",
+            f"{' '.join(bash_quote(a) for a in args)}",
             timeout, max_output_bytes=1 << 28, internal=True,
         )
         tests = [line.strip() for line in obs.output.splitlines() if "::" in line and not line.startswith(" ")]

@@ -19,14 +19,20 @@ from forager.core import ToolCall
 
 
 def reference_actions(task: Task) -> list[ToolCall]:
-    """The tool calls that find and fix the task's problem with its reference patch."""
-    if not task.patch:
+    """The tool calls that find and fix the task's problem with its reference patch (or, for a task whose
+    answer is not the fix, say a test-generation task, the diff in `metadata["reference_diff"]`)."""
+    diff = task.metadata.get("reference_diff") or task.patch
+    if not diff:
         raise ValueError(f"task {task.instance_id} has no reference patch to replay")
     tests = " ".join(shlex.quote(t) for t in task.FAIL_TO_PASS)
     run_tests = f"python -m pytest -q -p no:cacheprovider {tests} 2>&1 | tail -n 15"
     actions = [ToolCall(name="bash", arguments={"command": run_tests})]
-    for patched_file in PatchSet(task.patch):
+    for patched_file in PatchSet(diff):
         path = patched_file.path
+        if patched_file.is_added_file:
+            text = "".join(line.value for hunk in patched_file for line in hunk if line.is_added)
+            actions.append(ToolCall(name="create", arguments={"path": path, "file_text": text}))
+            continue
         for hunk in patched_file:
             first = max(1, hunk.source_start)
             actions.append(ToolCall(name="view", arguments={
