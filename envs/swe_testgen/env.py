@@ -13,7 +13,7 @@ from forager.rewards import RewardResult
 from forager.runtime.base import ShellRuntime
 
 from .grading import grade_generated_tests
-from .tasks import TESTGEN_KIND, base_reader, testgen_task
+from .tasks import TESTGEN_KIND, base_reader, to_testgen_task
 
 TASK_PROMPT = """\
 Write a test that reproduces this issue in the repository at {workdir}:
@@ -32,7 +32,7 @@ class SWETestGenEnv(SWEEnv):
 
     The tasks are SWEEnv's (the sample repository's by default, or any task file), turned into
     test-generation tasks: the tests that already reveal the bug are taken out of the start tree
-    (`tasks.testgen_task`). The tools, budgets and warm pool are SWEEnv's; grading
+    (`tasks.to_testgen_task`). The tools, budgets and warm pool are SWEEnv's; grading
     (`grading.grade_generated_tests`) runs the agent's new tests in two fresh runtimes, without and
     with the task's reference fix, `repeats` times each. The task prompt asks for a test unless the
     agent brings a task prompt of its own.
@@ -54,12 +54,12 @@ class SWETestGenEnv(SWEEnv):
             return task
         key = (task.instance_id, task.start_digest)
         if key not in self._converted:
-            self._converted[key] = testgen_task(task, base_reader(task, self.runtime_kind))
+            self._converted[key] = to_testgen_task(task, base_reader(task, self.runtime_kind))
         return self._converted[key]
 
     @classmethod
     def prepare_tasks(cls, tasks: list[Task], runtime: str = "auto") -> list[Task]:
-        return testgen_tasks(tasks, runtime)
+        return to_testgen_tasks(tasks, runtime)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
         options = dict(options or {})
@@ -76,9 +76,9 @@ class SWETestGenEnv(SWEEnv):
         return self.testgen(super()._pick_task(choice))
 
 
-def testgen_tasks(tasks: list[Task], runtime: str = "auto") -> list[Task]:
+def to_testgen_tasks(tasks: list[Task], runtime: str = "auto") -> list[Task]:
     """`tasks` as test-generation tasks (what `forager collect --env forager/SWE-TestGen-v0` runs)."""
-    return [testgen_task(task, base_reader(task, runtime)) for task in tasks]
+    return [to_testgen_task(task, base_reader(task, runtime)) for task in tasks]
 
 
-__all__ = ["TASK_PROMPT", "SWETestGenEnv", "testgen_tasks"]
+__all__ = ["TASK_PROMPT", "SWETestGenEnv", "to_testgen_tasks"]

@@ -77,7 +77,7 @@ class Side:
     tests_s: float = 0.0
 
 
-def test_file_refusal(file: FileDiff) -> str | None:
+def kept_file_refusal(file: FileDiff) -> str | None:
     """Why grading leaves this file of the agent's diff out (None if it is a test file it keeps)."""
     path = file.new_path or file.old_path or ""
     if file.new_path is None:
@@ -115,7 +115,7 @@ def grade_generated_tests(task: Task, diff: str, open_runtime: Callable[[Task], 
         return result(f"the agent's patch cannot be read: {err}", patch_applied=False)
     kept = []
     for file in files:
-        why = test_file_refusal(file)
+        why = kept_file_refusal(file)
         if why:
             refused[file.new_path or file.old_path or "?"] = why
         else:
@@ -193,4 +193,4 @@ def _run_side(task: Task, files: list[FileDiff], open_runtime: Callable[[Task], 
     return side
 
 
-__all__ = ["TEST_FILE", "grade_generated_tests", "test_file_refusal"]
+__all__ = ["TEST_FILE", "grade_generated_tests", "kept_file_refusal"]

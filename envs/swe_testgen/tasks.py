@@ -28,7 +28,7 @@ TESTGEN_KIND = "test-generation"
 _GIT = ["git", "-c", "user.name=forager", "-c", "user.email=forager@localhost", "-c", "commit.gpgsign=false"]
 
 
-def test_targets(node_ids: Iterable[str]) -> dict[str, set[tuple[str, ...]]]:
+def node_targets(node_ids: Iterable[str]) -> dict[str, set[tuple[str, ...]]]:
     """{file: {(Class, ..., function)}} of pytest node ids (parameters dropped); other ids are skipped."""
     targets: dict[str, set[tuple[str, ...]]] = {}
     for node in node_ids:
@@ -78,7 +78,7 @@ def _paths(patch: str | None) -> set[str]:
     return {p for file in split_diff(patch or "") for p in file.paths}
 
 
-def testgen_task(task: Task, read_base: Callable[[list[str]], dict[str, str | None]]) -> Task:
+def to_testgen_task(task: Task, read_base: Callable[[list[str]], dict[str, str | None]]) -> Task:
     """`task` as a test-generation task (unchanged when it is one already).
 
     `read_base(paths)` gives each path's text at the task's base commit (None where there is none):
@@ -86,7 +86,7 @@ def testgen_task(task: Task, read_base: Callable[[list[str]], dict[str, str | No
     """
     if task.kind == TESTGEN_KIND:
         return task
-    targets = test_targets(task.FAIL_TO_PASS)
+    targets = node_targets(task.FAIL_TO_PASS)
     paths = sorted(_paths(task.setup_patch) | _paths(task.test_patch) | set(targets))
     with tempfile.TemporaryDirectory(prefix="forager-testgen-") as tmp:
         repo = Path(tmp)
@@ -156,4 +156,4 @@ def base_reader(task: Task, runtime: str = "auto") -> Callable[[list[str]], dict
     return from_local if task.local_repo and Path(task.local_repo).is_dir() else from_image
 
 
-__all__ = ["TESTGEN_KIND", "base_reader", "test_targets", "testgen_task", "without_tests"]
+__all__ = ["TESTGEN_KIND", "base_reader", "node_targets", "to_testgen_task", "without_tests"]

@@ -147,9 +147,13 @@ def load_tasks_for(config: TrainConfig) -> tuple[list[Task] | list[str], str]:
     """The run's tasks (env.tasks, or the sample tasks; a plug-in env's task ids) and the runtime to run them on."""
     env = config.env
     if env.id != SWE_ENV_ID:
-        from forager.agent.text_envs import text_env_tasks
+        from forager.agent.text_envs import swe_env_class, text_env_tasks
 
-        return text_env_tasks(env.id, env.limit), env.runtime
+        env_class = swe_env_class(env.id)
+        if env_class is None:
+            return text_env_tasks(env.id, env.limit), env.runtime
+        tasks, runtime = load_tasks_for(config.model_copy(update={"env": env.model_copy(update={"id": SWE_ENV_ID})}))
+        return env_class.prepare_tasks([t for t in tasks if isinstance(t, Task)], runtime), runtime
     if env.tasks == DEMO_TASKS:
         if env.runtime == "docker":
             raise ForagerError("env.tasks demo runs on the local runtime (its repository is on this machine); set "
