@@ -1,7 +1,7 @@
-"""Plug-ins: environments, reward functions and policies, from installed packages or from a folder.
+"""Plug-ins: environments, reward functions, policies and prompt sets, from installed packages or from a folder.
 
-One mechanism for all three kinds, whoever wrote them. A plug-in is a name and a `module:attribute`
-target in one of the groups `forager.envs`, `forager.rewards`, `forager.policies`:
+One mechanism for every kind, whoever wrote them. A plug-in is a name and a `module:attribute`
+target in one of the groups `forager.envs`, `forager.rewards`, `forager.policies`, `forager.prompts`:
 
 - an installed package declares them as entry points (pyproject.toml):
 
@@ -38,8 +38,11 @@ from forager.core import ForagerError
 
 log = logging.getLogger(__name__)
 
-KINDS = {"envs": "forager.envs", "rewards": "forager.rewards", "policies": "forager.policies"}
+KINDS = {"envs": "forager.envs", "rewards": "forager.rewards", "policies": "forager.policies",
+         "prompts": "forager.prompts"}
 """Plug-in kind -> its entry-point group."""
+SINGULAR = {"envs": "env", "rewards": "reward", "policies": "policy", "prompts": "prompt set"}
+"""Plug-in kind -> one of it, in messages."""
 PLUGINS_ENV = "FORAGER_PLUGINS"
 
 
@@ -62,8 +65,8 @@ class Plugin:
                 value = getattr(value, part)
             return value
         except Exception as err:  # noqa: BLE001 - any failure of a plug-in's import is reported as its own
-            raise ForagerError(f"{self.kind[:-1]} plug-in {self.name!r} ({self.target}, from {self.origin}) cannot "
-                               f"be loaded: {type(err).__name__}: {err}") from err
+            raise ForagerError(f"{SINGULAR[self.kind]} plug-in {self.name!r} ({self.target}, from {self.origin}) "
+                               f"cannot be loaded: {type(err).__name__}: {err}") from err
 
     def description(self) -> str:
         """The first paragraph of the object's docstring on one line ("" when it has none)."""
@@ -99,8 +102,9 @@ class Plugins:
                 return plugin
         for broken in self.broken:
             if broken.kind in (kind, "") and broken.name == name:
-                raise ForagerError(f"{kind[:-1]} plug-in {name!r} failed to load ({broken.origin}): {broken.error}")
-        raise ForagerError(unknown_name(kind[:-1], name, [plugin.name for plugin in self.of(kind)]))
+                raise ForagerError(
+                    f"{SINGULAR[kind]} plug-in {name!r} failed to load ({broken.origin}): {broken.error}")
+        raise ForagerError(unknown_name(SINGULAR[kind], name, [plugin.name for plugin in self.of(kind)]))
 
     def check(self) -> None:
         """Load every plug-in once, moving those that fail to `broken` (for the list commands)."""
@@ -211,5 +215,5 @@ def register_env_plugins(folders: Iterable[str | Path] | None = None) -> list[st
     return registered
 
 
-__all__ = ["KINDS", "PLUGINS_ENV", "Broken", "Plugin", "Plugins", "discover", "plugin_folders", "register_env_plugins",
-           "unknown_name"]
+__all__ = ["KINDS", "PLUGINS_ENV", "SINGULAR", "Broken", "Plugin", "Plugins", "discover", "plugin_folders",
+           "register_env_plugins", "unknown_name"]

@@ -41,13 +41,22 @@ def test_the_wheel_carries_the_sample_and_no_stray_code(wheel: Path):
                    "forager/envs/prompts.yaml", "forager/trajectories/view.html"]:
         assert wanted in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
-    assert not [n for n in names if n.startswith(("tests/", "bench/", "semverkit/", "envs/", "examples/"))]
-    # The shipped plug-ins, under a name of their own, without their tests; declared as entry points.
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "semverkit/", "envs/", "examples/", "rewards/",
+                                                      "policies/"))]
+    # The shipped plug-ins, under names of their own, with their data and without their tests; declared as entry points.
     assert {"forager_envs/code_contests/env.py", "forager_envs/code_contests/problems.jsonl.gz"} <= set(names)
-    assert not [n for n in names if n.startswith("forager_envs/") and "/tests/" in n]
+    assert {"forager_rewards/outcome.py", "forager_rewards/shaping.py", "forager_rewards/README.md"} <= set(names)
+    assert {f"forager_policies/{path}" for path in ["README.md", "recipes/__init__.py", "recipes/cwm-32b.yaml",
+            "recipes/qwen3-32b.yaml", "recipes/smollm2-135m.yaml", "prompts/__init__.py", "prompts/cwm.yaml",
+            "prompts/minimal.yaml"]} <= set(names)
+    assert not [n for n in names if n.startswith(("forager_envs/", "forager_rewards/", "forager_policies/"))
+                and "/tests/" in n]
     [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-    assert "forager/CodeContests-v0 = forager_envs.code_contests:CodeContestsEnv" in \
-        zipfile.ZipFile(wheel).read(entry_points).decode()
+    declared = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for line in ["forager/CodeContests-v0 = forager_envs.code_contests:CodeContestsEnv",
+                 "test-pass = forager_rewards.outcome:tests_passed", "qwen3-32b = forager_policies.recipes:qwen3_32b",
+                 "cwm = forager_policies.prompts:cwm"]:
+        assert line in declared
 
 
 def test_an_installed_forager_makes_the_env_outside_the_checkout(wheel: Path, tmp_path: Path):
@@ -72,12 +81,20 @@ def test_an_installed_forager_makes_the_env_outside_the_checkout(wheel: Path, tm
         env.close()
         contests = gymnasium.make("forager/CodeContests-v0").unwrapped  # an entry point of the wheel's own
         print(type(contests).__module__, len(contests.task_ids) >= 30)
+        from forager.envs.prompts import load_prompt_set
+        from forager.policies import make_policy
+        from forager.rewards.functions import RewardSpec
+
+        RewardSpec.split({"function": "patch-similarity", "shaping": [{"name": "format-penalty"}]})
+        cwm = load_prompt_set("cwm")
+        print(make_policy("qwen3-32b").sampling["temperature"], "# Environment" in cwm["system_prompt"])
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FORAGER_HOME")}
     done = subprocess.run([str(python), "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=300,
                           env={**env, "FORAGER_HOME": str(tmp_path / "home")})
     assert done.returncode == 0, done.stderr
-    task_id, flags, contests = done.stdout.split("\n")[:3]
+    task_id, flags, contests, shipped = done.stdout.split("\n")[:4]
     assert task_id.startswith("semverkit__")
     assert flags == "True 4"
     assert contests == "forager_envs.code_contests.env True"
+    assert shipped == "0.6 True"  # rewards, a serving recipe and a prompt set, from the wheel's entry points

@@ -129,8 +129,14 @@ def load_agent_config(path: str | Path | None = None, **overrides: Any) -> Agent
             raise ForagerError(f"cannot read the agent config {path}: {err}") from err
         if not isinstance(data, dict):
             raise ForagerError(f"{path}: expected a mapping (optionally under `agent:`), got {type(data).__name__}")
-        values = data.get("agent", data)
+        values = dict(data.get("agent", data))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    prompts = values.pop("prompts", None)  # a prompt set by name, or a YAML file beside the config
+    if prompts:
+        from forager.envs.prompts import load_prompt_set
+
+        chosen = Path(path).parent / prompts if path is not None and str(prompts).endswith((".yaml", ".yml")) else prompts
+        values = {**load_prompt_set(chosen), **values}
     try:
         return AgentConfig(**values)
     except ValidationError as err:

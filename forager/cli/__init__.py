@@ -4,8 +4,9 @@ Each command parses its flags, loads config and calls the library; a ForagerErro
 becomes `error: MESSAGE` and exit status 1 in one place, the root group's `invoke`. One module per
 command group: images.py (`forager images ...`), tasks.py (`forager tasks ...`, `grade`),
 collect.py (`collect`, `quickstart`), data.py (`dedup`, `export`, `view`), maintenance.py (`gc`),
-train.py (`forager train`, `forager train plan`), plugins.py (`forager envs|rewards|policies list`). A new group (`eval`) gets a module of its own,
-registered at the bottom of this file.
+train.py (`forager train`, `forager train plan`), eval.py (`forager eval ...`), plugins.py
+(`forager envs|rewards|policies|prompts list`, `forager policies show`). A new group gets a module of its
+own, registered at the bottom of this file.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def read_tasks(path: str, split: str = "test", fmt: str = "auto", image: str | N
 
 
 # The commands, registered in the order `forager --help` lists them; the modules use the shared bits above.
-from forager.cli import collect, data, images, maintenance, plugins, tasks, train  # noqa: E402
+from forager.cli import collect, data, eval, images, maintenance, plugins, tasks, train  # noqa: E402
 
 app.command()(tasks.grade)
 app.command()(maintenance.gc)
@@ -122,8 +123,10 @@ app.command()(data.view)
 app.add_typer(images.images_app, name="images")
 app.add_typer(tasks.tasks_app, name="tasks")
 app.add_typer(train.train_app, name="train")
+app.add_typer(eval.eval_app, name="eval")
 app.add_typer(plugins.envs_app, name="envs")
 app.add_typer(plugins.rewards_app, name="rewards")
 app.add_typer(plugins.policies_app, name="policies")
+app.add_typer(plugins.prompts_app, name="prompts")
 
 __all__ = ["ForagerGroup", "RuntimeChoice", "app", "console", "fail", "main"]

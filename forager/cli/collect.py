@@ -36,6 +36,30 @@ def _policy_spec(policy: str | None = None, model: str | None = None, base_url: 
                                   log=lambda m: console.print(f"[cyan]{m}[/]"))
 
 
+def agent_settings(config: Path | None, prompts: str | None, spec: PolicySpec | None = None,
+                   **overrides: Any) -> AgentConfig:
+    """The agent config: the defaults, then the policy's serving recipe where nothing below sets a field,
+    then `--config`, then the prompt set of `--prompts` (a name or a YAML file), then the flags."""
+    from forager.agent.config import AgentConfig, load_agent_config
+    from forager.envs.prompts import PROMPT_SET_KEYS, load_prompt_set
+    from forager.policies.recipes import recipe_of
+
+    agent = load_agent_config(config, **(load_prompt_set(prompts) if prompts else {}), **overrides)
+    recipe = recipe_of(spec.name) if spec is not None else None
+    if recipe is None:
+        return agent
+    chosen = agent.model_dump(include=agent.model_fields_set)
+    taken = {key: value for key, value in recipe.agent.items() if key not in chosen}
+    if recipe.prompts and not chosen.keys() & set(PROMPT_SET_KEYS):
+        taken.update(load_prompt_set(recipe.prompts))
+    budgets = ", ".join(f"{k}={v}" for k, v in taken.items() if k not in PROMPT_SET_KEYS)
+    prompt_set = f"the prompt set {recipe.prompts}" if taken.keys() & set(PROMPT_SET_KEYS) else ""
+    if taken:
+        dim(f"the {recipe.name} recipe sets {' and '.join(filter(None, [budgets, prompt_set]))} "
+            "(flags, --config and --prompts win)")
+    return AgentConfig(**{**taken, **chosen})
+
+
 def run_collection(tasks: list[Task] | list[str], out: Path, policy_spec: PolicySpec, agent: AgentConfig, config: CollectConfig,
                    tasks_source: str, allow_mixed: bool) -> CollectStats:
     """Collect with a live progress display; the first Ctrl-C finishes the running episodes, the second aborts."""
@@ -108,7 +132,7 @@ def collect(
     env: str | None = typer.Option(None, "--env", help="A registered environment id to run instead of forager/SWE-v0 (`forager envs list`)."),
     episodes: int | None = typer.Option(None, min=1, help="With --env: episodes to run (its first N task ids, or seeds 0..N-1 when it has none)."),
     out: Path = typer.Option(Path("trajectories"), help="Directory for trajectories.jsonl (the same command resumes)."),
-    policy: str | None = typer.Option(None, help="reference, replay, openai, hf or module:Class (default: openai when a server is configured, else reference)."),
+    policy: str | None = typer.Option(None, help="reference, replay, openai, hf, a plug-in or serving recipe (`forager policies list`, e.g. qwen3-32b) or module:Class (default: openai when a server is configured, else reference)."),
     model: str | None = typer.Option(None, help="Model name (openai) or path/hub name (hf); or FORAGER_MODEL."),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1; or FORAGER_BASE_URL."),
     api_key: str | None = typer.Option(None, help="API key; or FORAGER_API_KEY / OPENAI_API_KEY."),
@@ -121,6 +145,7 @@ def collect(
     runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
     ray_address: str | None = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
     config: Path | None = typer.Option(None, help="YAML agent config (prompts, tool format, budgets), optionally under `agent:`."),
+    prompts: str | None = typer.Option(None, help="A prompt set by name (`forager prompts list`: default, cwm, minimal) or a YAML file of its templates."),
     max_turns: int | None = typer.Option(None, help="Turn budget per episode (default 64)."),
     max_context: int | None = typer.Option(None, help="Token budget of the whole context (default 32768)."),
     tool_format: str | None = typer.Option(None, help="cwm (tags in the text, default) or openai (function calling)."),
@@ -132,13 +157,14 @@ def collect(
 ) -> None:
     """Run the ForagerAgent on tasks and save one trajectory per (task, sample), resumably."""
     from forager.agent.collect import validate_policy
-    from forager.agent.config import CollectConfig, load_agent_config
+    from forager.agent.config import CollectConfig
     from forager.agent.text_envs import swe_env_class
 
     # Everything that can be wrong in the command is checked before anything is built or written.
     spec = _policy_spec(policy, model, base_url, api_key, temperature, replay, policy_option)
     validate_policy(spec)
-    agent = load_agent_config(config, max_turns=max_turns, max_context_tokens=max_context, tool_format=tool_format)
+    agent = agent_settings(config, prompts, spec, max_turns=max_turns, max_context_tokens=max_context,
+                           tool_format=tool_format)
     if env is not None and swe_env_class(env) is None:
         _collect_text_env(env, episodes, out, spec, agent, samples_per_task, workers, allow_mixed, tasks)
         return
@@ -168,6 +194,9 @@ def _collect_text_env(env_id: str, episodes: int | None, out: Path, spec: Any, a
 
     if tasks is not None:
         fail("--tasks is for forager/SWE-v0; a plug-in environment brings its own (use --episodes N to run fewer)")
+    if spec.name == "reference":
+        fail(f"the reference policy replays a SWE task's known fix, and {env_id} is a text environment: give it a "
+             "model (--base-url and --model, or --policy NAME: `forager policies list`)")
     task_ids = text_env_tasks(env_id, episodes)
     console.print(f"collecting {len(task_ids)} task(s) of {env_id} x {samples_per_task} sample(s) with the {spec.name} "
                   f"policy, {workers} worker(s) -> {out}")
@@ -180,15 +209,17 @@ def quickstart(
     out: Path = typer.Option(Path("forager-quickstart"), help="Where the trajectories go."),
     samples_per_task: int = typer.Option(2, "--samples-per-task", "-k", min=1),
     workers: int = typer.Option(2, "--workers", "-j", min=1),
+    prompts: str | None = typer.Option(None, help="A prompt set by name (`forager prompts list`) or a YAML file."),
 ) -> None:
     """Collect trajectories on the sample repository's mutate-fix tasks with the embedded defaults, and show them."""
-    from forager.agent.config import AgentConfig, CollectConfig
+    from forager.agent.config import CollectConfig
 
+    agent = agent_settings(None, prompts)
     task_list, kind = _sample_tasks(runtime.value)
     spec = _policy_spec()
     console.print(f"collecting {len(task_list)} sample task(s) x {samples_per_task} with the {spec.name} policy "
                   f"on the {kind} runtime -> {out}")
-    run_collection(task_list, out, spec, AgentConfig(), CollectConfig(
+    run_collection(task_list, out, spec, agent, CollectConfig(
         samples_per_task=samples_per_task, workers=workers, runtime=kind, warm_pool=min(workers, 4)),
         "sample (embedded)", allow_mixed=False)
     _show_first(out)

@@ -56,7 +56,10 @@ def policy_spec_from_flags(
 ) -> PolicySpec:
     """Which policy to run: as asked, or an OpenAI-compatible server when one is configured, else the reference.
 
-    `log` hears when no policy was asked for and none is configured, so the reference policy runs.
+    The server flags given (model, base_url, api_key, temperature) go to `openai` and to any other policy
+    but `hf`, `replay` and `reference`: a serving recipe (`forager policies show NAME`) takes OpenAIPolicy's
+    options, and a plug-in that takes none says so. `log` hears when no policy was asked for and none is
+    configured, so the reference policy runs.
     """
     configured = base_url or os.environ.get("FORAGER_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
     if policy is None:
@@ -64,7 +67,7 @@ def policy_spec_from_flags(
         if policy == "reference" and log is not None:
             log(REFERENCE_FALLBACK)
     values = parse_policy_options(options)
-    if policy == "openai":
+    if policy not in ("hf", "replay", "reference"):  # openai, a plug-in (a serving recipe) or module:Class
         values.update({k: v for k, v in {"model": model, "base_url": base_url, "api_key": api_key,
                                           "temperature": temperature}.items() if v is not None})
     elif policy == "hf":

@@ -1,29 +1,36 @@
 """Reward functions and shaping: what an episode's grading is worth, chosen by name and stacked by config.
 
 The grader (`grade_patch`) decides what the tests say; a reward function turns that verdict, the
-patch and the episode into the number the trainer sees. `test-pass` (the default) is the grader's
-own reward; `patch-similarity` is CWM's fallback for tasks whose tests cannot decide. Shaping terms
-(`format-penalty`, `length-penalty`) then adjust it, in the order a config lists them:
+patch and the episode into the number the trainer sees, and shaping terms then adjust it, in the
+order a config lists them:
 
     reward: {unresolved: -1.0, function: test-pass, shaping: [{name: format-penalty, per_error: 0.1}]}
 
-A plug-in reward is a `forager.rewards` entry point (`forager.plugins`) naming a callable: a reward
-function takes `(context, **options)` and returns a number; a shaping term takes `(context, reward,
-**options)` and returns the new reward. A result that is not a finite number is an error naming it.
+Every reward is a plug-in, a `forager.rewards` entry point (`forager.plugins`) naming a callable:
+Forager's own (`test-pass`, the default; `patch-similarity`; the shaping terms `format-penalty` and
+`length-penalty`) live in the top-level `rewards/` folder, installed as `forager_rewards`, declared in
+Forager's pyproject.toml as any package declares its own. A reward function takes `(context,
+**options)` and returns a number; a shaping term takes `(context, reward, **options)` and returns the
+new reward: `reward_role` tells them apart by that second positional parameter. A result that is not
+a finite number is an error naming it.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from forager.core import ForagerError, Task
 from forager.loading import load_named
 from forager.rewards.grading import RewardConfig, RewardResult
+
+DEFAULT_REWARD = "test-pass"
+"""The reward function of an env whose `reward` settings name none: the grader's own verdict."""
+Role = Literal["reward", "shaping", ""]
 
 
 @dataclass(frozen=True)
@@ -39,55 +46,48 @@ class RewardContext:
     """Turns whose action could not be parsed or run (a malformed tool call)."""
 
 
-def tests_passed(context: RewardContext) -> float:
-    """The grader's reward: `resolved` when every FAIL_TO_PASS and PASS_TO_PASS test passes, else `unresolved`."""
-    return context.result.reward
+def reward_role(function: Callable[..., Any]) -> Role:
+    """`reward` for a reward function (one required positional parameter: the context), `shaping` for a
+    shaping term (two: the context and the reward so far), "" when its signature does not tell."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a C function)
+        return ""
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return ""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
+    return "reward" if len(required) == 1 else "shaping" if len(required) == 2 else ""
 
 
-def patch_similarity(context: RewardContext, threshold: float = 0.5) -> float:
-    """CWM's fallback for tasks whose tests cannot decide (they name none): `resolved` when the patch's
-    changed lines match the reference fix's at least `threshold` (difflib's ratio), else `unresolved`.
+def load_reward(name: str, role: Literal["reward", "shaping"]) -> Callable[..., Any]:
+    """The reward plug-in `name` (or a `module:function` path), checked to play `role`; a ForagerError
+    with the close names when there is none, and with what to write instead when it plays the other role."""
+    what = "reward" if role == "reward" else "reward shaping"
+    try:
+        function = load_named(name, {}, what, plugins="rewards")
+    except ForagerError as err:
+        from forager.plugins import discover
 
-    A task with tests is graded by them alone, even when the run failed: a policy can make a run fail
-    (a screened patch, a crash, tampering), and must not trade that for a likeness score."""
-    config = context.config
-    if context.task.tests:
-        return context.result.reward
-    reference = _changed_lines(context.task.patch or "")
-    ratio = difflib.SequenceMatcher(None, _changed_lines(context.diff), reference).ratio()
-    return config.resolved if context.task.patch and ratio >= threshold else config.unresolved
-
-
-def format_penalty(context: RewardContext, reward: float, per_error: float = 0.1, most: float = 0.5) -> float:
-    """Less `per_error` for each malformed action, at most `most` in all."""
-    return reward - min(most, per_error * context.action_errors)
-
-
-def length_penalty(context: RewardContext, reward: float, per_turn: float = 0.01, free_turns: int = 16,
-                   most: float = 0.5) -> float:
-    """Less `per_turn` for each turn beyond `free_turns`, at most `most` in all."""
-    return reward - min(most, per_turn * max(0, context.turns - free_turns))
-
-
-def _changed_lines(diff: str) -> list[str]:
-    return [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-
-
-REWARDS = {
-    "test-pass": "forager.rewards.functions:tests_passed",
-    "patch-similarity": "forager.rewards.functions:patch_similarity",
-}
-SHAPING = {
-    "format-penalty": "forager.rewards.functions:format_penalty",
-    "length-penalty": "forager.rewards.functions:length_penalty",
-}
+        if ":" in name or discover().of("rewards"):
+            raise
+        raise ForagerError(f"{err}; Forager's own rewards are the package forager_rewards (the rewards/ folder): "
+                           "reinstall Forager (`pip install -e .` in a checkout)") from err
+    found = reward_role(function)
+    if found == "shaping" and role == "reward":
+        raise ForagerError(f"reward {name!r} is a shaping term (it takes the context and the reward so far): "
+                           "list it under reward.shaping, and name a reward function in reward.function")
+    if found == "reward" and role == "shaping":
+        raise ForagerError(f"reward {name!r} is a reward function (it takes the context alone): name it in "
+                           "reward.function, not under reward.shaping")
+    return function
 
 
 @dataclass(frozen=True)
 class RewardSpec:
     """A reward function and the shaping stacked on it, from an env's `reward` settings."""
 
-    function: str = "test-pass"
+    function: str = DEFAULT_REWARD
     options: Mapping[str, Any] | None = None
     shaping: tuple[Mapping[str, Any], ...] = ()
 
@@ -98,15 +98,15 @@ class RewardSpec:
         shaping = rest.pop("shaping", None) or []
         if not isinstance(shaping, list) or not all(isinstance(s, Mapping) and "name" in s for s in shaping):
             raise ForagerError("reward.shaping: a list of {name: ..., options...} mappings")
-        spec = cls(str(rest.pop("function", "test-pass")), dict(rest.pop("options", None) or {}), tuple(shaping))
+        spec = cls(str(rest.pop("function", DEFAULT_REWARD)), dict(rest.pop("options", None) or {}), tuple(shaping))
         spec.loaded  # noqa: B018 - a typo is an error now, not after the first episode
         return spec, rest
 
     @functools.cached_property
     def loaded(self) -> tuple[Callable[..., Any], list[tuple[str, Callable[..., Any], dict[str, Any]]]]:
         """The reward function and the shaping terms with their options, imported once."""
-        function = load_named(self.function, REWARDS, "reward", plugins="rewards")
-        terms = [(str(term["name"]), load_named(str(term["name"]), SHAPING, "reward shaping", plugins="rewards"),
+        function = load_reward(self.function, "reward")
+        terms = [(str(term["name"]), load_reward(str(term["name"]), "shaping"),
                   {k: v for k, v in term.items() if k != "name"}) for term in self.shaping]
         return function, terms
 
@@ -138,5 +138,4 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-__all__ = ["REWARDS", "SHAPING", "RewardContext", "RewardSpec", "format_penalty", "length_penalty", "patch_similarity",
-           "tests_passed"]
+__all__ = ["DEFAULT_REWARD", "RewardContext", "RewardSpec", "load_reward", "reward_role"]
