@@ -97,3 +97,9 @@ def show(summary: EvalSummary) -> None:
     rates.add_row("tokens (prompt / completion)", f"{summary.prompt_tokens} / {summary.completion_tokens}")
     rates.add_row("episode time, summed", f"{summary.wall_s:.1f} s")
     table_console().print(rates)
+
+
+from forager.cli import eval_swebench  # noqa: E402 - the SWE-bench commands, in a module of their own
+
+eval_app.command("swebench")(eval_swebench.swebench_command)
+eval_app.command("grade")(eval_swebench.grade_command)

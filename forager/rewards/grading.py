@@ -118,7 +118,7 @@ def parse_pytest_report(log: str) -> dict[str, str]:
     return statuses
 
 
-def _swebench_parser(task: Task) -> Callable[[str], dict[str, str]]:
+def swebench_log_parser(task: Task) -> Callable[[str], dict[str, str]]:
     try:
         from swebench.harness.log_parsers import PARSER_REGISTRY
         from swebench.types import TestSpec
@@ -129,7 +129,7 @@ def _swebench_parser(task: Task) -> Callable[[str], dict[str, str]]:
         ) from err
     name = task.log_parser
     if name == "swebench":
-        name = _swebench_parser_name(task)
+        name = swebench_parser_name(task)
     if name not in PARSER_REGISTRY:
         raise ForagerError(f"task {task.instance_id}: swebench has no log parser {name!r}")
     spec = TestSpec(instance_id=task.instance_id, image=task.image or "", eval_script_list=[], repo=task.repo,
@@ -138,7 +138,7 @@ def _swebench_parser(task: Task) -> Callable[[str], dict[str, str]]:
     return lambda log: PARSER_REGISTRY[name](log, spec)
 
 
-def _swebench_parser_name(task: Task) -> str:
+def swebench_parser_name(task: Task) -> str:
     """The parser the task's record named (swebench 5 rows carry it), else the one swebench's specs
     name for the repository (swebench < 5), else pytest's."""
     if task.metadata.get("log_parser"):
@@ -397,7 +397,7 @@ def _run_tests(
         statuses = run.statuses if run.complete and not run.tampered else {}
         return statuses, run.log, error, True
     # Not pytest: run the command as is and read its log as swebench would, exit code included.
-    parse = parse_pytest_report if task.log_parser == "pytest" else _swebench_parser(task)
+    parse = parse_pytest_report if task.log_parser == "pytest" else swebench_log_parser(task)
     tests = " ".join(shlex.quote(t) for t in task.tests)
     obs = runtime.session.run(f"{task.test_command} {tests}", task.test_timeout, max_output_bytes=1 << 26)
     statuses = parse(obs.output)
