@@ -127,3 +127,16 @@ def test_verdicts_agree_with_swebench_and_bad_patches_are_errors(sample_instance
     assert (tmp_path / "logs" / "0" / f"{sample_instance.instance_id}.log").is_file()
     again = grade_predictions({}, preds, tmp_path)
     assert [r.status for r in again] == ["resolved", "error"]
+
+
+def test_test_time_scaling_chooses_the_best_score_then_the_majority_patch() -> None:
+    from forager.eval.tts import changed_lines, choose
+
+    a = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+    a_spaced = a.replace("+x = 2", "+x  =  2")
+    b = "--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-x = 1\n+x = 3\n"
+    assert changed_lines(a) == changed_lines(a_spaced) != changed_lines(b)
+    assert choose([a, b, a_spaced], [1, 2, 1]) == 1  # the best score wins outright
+    assert choose([b, a, a_spaced], [2, 2, 2]) == 1  # a tie goes to the patch two candidates agree on
+    assert choose([b, a], [0, 0]) == 0  # no agreement either: the earliest
+    assert choose(["", b], [5, 0]) == 1 and choose(["", " "], [0, 0]) is None  # an empty patch is never submitted

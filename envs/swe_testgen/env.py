@@ -68,9 +68,8 @@ class SWETestGenEnv(SWEEnv):
             options["prompts"] = replace(prompts, task_prompt=TASK_PROMPT)
         return super().reset(seed=seed, options=options)
 
-    def grade_diff(self, patch: str, open_graded: Callable[[Task], ShellRuntime]) -> RewardResult:
-        assert self.task is not None
-        return grade_generated_tests(self.task, patch, open_graded, self.reward_config, self.repeats)
+    def grade_diff(self, task: Task, patch: str, open_graded: Callable[[Task], ShellRuntime]) -> RewardResult:
+        return grade_generated_tests(task, patch, open_graded, self.reward_config, self.repeats)
 
     def _pick_task(self, choice: Task | dict[str, Any] | str | None) -> Task:
         return self.testgen(super()._pick_task(choice))

@@ -92,6 +92,9 @@ def show(summary: EvalSummary) -> None:
         rates.add_row(f"pass@{k}", f"{value:.1%}")
     for repo, figures in summary.per_repo.items():
         rates.add_row(f"  {repo}", f"{figures['resolved_rate']:.1%} of {int(figures['tasks'])} task(s)")
+    if summary.test_time_scaling:
+        tts = summary.test_time_scaling
+        rates.add_row(f"resolved with test-time scaling ({tts['n']})", f"{tts['resolved_rate']:.1%}")
     rates.add_row("terminations", ", ".join(f"{name} {count}" for name, count in summary.terminations.items()))
     rates.add_row("mean turns", f"{summary.mean_turns:.1f}")
     rates.add_row("tokens (prompt / completion)", f"{summary.prompt_tokens} / {summary.completion_tokens}")

@@ -66,6 +66,7 @@ def swebench_command(
     prompts: str | None = typer.Option(None, help="A prompt set by name (`forager prompts list`) or a YAML file."),
     max_turns: int | None = typer.Option(None, help="Turn budget per episode."),
     ray_address: str | None = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
+    tts: int = typer.Option(0, "--tts", min=0, help="Test-time scaling: N candidates and N generated reproduction tests per instance; the candidate passing most is submitted (reported beside pass@1)."),
     timeout: float = TIMEOUT,
     allow_mixed: bool = typer.Option(False, help="Allow a different policy/config in an existing --out."),
 ) -> None:
@@ -81,12 +82,20 @@ def swebench_command(
         fail(f"no instances in {dataset} with these filters")
     envs = Environments(registry=registry_images, repos=repos, specs=specs, workers=min(workers, 2), dataset=dataset)
     tasks, errors = _environments(rows, envs)
+    samples = max(samples, tts)
     if tasks:
         console.print(f"evaluating {len(tasks)} instance(s) x {samples} sample(s) with the {spec.name} policy -> {out}")
         run_collection(list(tasks.values()), out, spec, agent, CollectConfig(
             samples_per_task=samples, workers=workers, runtime=RuntimeChoice.docker.value, ray_address=ray_address,
             warm_pool=min(workers, 4)), dataset, allow_mixed)
-    _grade_samples(rows, tasks, errors, out, samples, workers, timeout, _model_name(spec), dataset)
+    if tasks and tts:
+        from forager.eval.tts import TESTGEN_ENV
+
+        console.print(f"test-time scaling: {tts} reproduction test(s) per instance from {TESTGEN_ENV} -> {out / 'tts-tests'}")
+        run_collection(list(tasks.values()), out / "tts-tests", spec, agent, CollectConfig(
+            samples_per_task=tts, workers=workers, runtime=RuntimeChoice.docker.value, ray_address=ray_address,
+            warm_pool=min(workers, 4), env_id=TESTGEN_ENV), dataset, allow_mixed)
+    _grade_samples(rows, tasks, errors, out, samples, workers, timeout, _model_name(spec), dataset, tts)
 
 
 def _environments(rows: list[dict[str, Any]], envs: Environments) -> tuple[dict[str, Task], dict[str, str]]:
@@ -118,7 +127,7 @@ def _grade(tasks: dict[str, Task], preds: list[dict[str, Any]], out: Path, sampl
 
 
 def _grade_samples(rows: list[dict[str, Any]], tasks: dict[str, Task], errors: dict[str, str], out: Path, samples: int,
-                   workers: int, timeout: float, model_name: str, dataset: str) -> None:
+                   workers: int, timeout: float, model_name: str, dataset: str, tts: int = 0) -> None:
     """Per sample index: the predictions file, its grading and report; then the summary over all of them."""
     from forager.cli.eval import show
     from forager.eval.predictions import make_report, write_predictions, write_report
@@ -140,8 +149,44 @@ def _grade_samples(rows: list[dict[str, Any]], tasks: dict[str, Task], errors: d
     graded = [t.model_copy(update={"resolved": official.get((t.task_id, t.sample), False)}) for t in trajectories]
     summary = summarize(graded, {"command": ["forager", *sys.argv[1:]], "dataset": dataset, "instances": len(rows),
                                  "grading": "swebench eval script (forager.eval.swebench)"})
+    if tts:
+        summary.test_time_scaling = _test_time_scaling(tasks, trajectories, official, ids, out, tts, workers, model_name)
     show(summary)
     console.print(f"summary: [bold]{write_summary(out, summary)}[/]; predictions.K.jsonl and report.K.json per sample")
+
+
+def _test_time_scaling(tasks: dict[str, Task], trajectories: list[Any], official: dict[tuple[str, int], bool],
+                       ids: list[str], out: Path, n: int, workers: int, model_name: str) -> dict[str, Any]:
+    """Choose a candidate per instance (`forager.eval.tts`), write predictions.tts.jsonl and report.tts.json;
+    the chosen candidates' verdicts are the official ones of their samples."""
+    from forager.eval.predictions import make_report, write_predictions, write_report
+    from forager.eval.swebench import InstanceResult
+    from forager.eval.tts import select_all
+    from forager.trajectories.store import read_trajectories
+
+    candidates: dict[str, list[str]] = {}
+    for t in sorted(trajectories, key=lambda t: t.sample):
+        if t.sample < n:
+            candidates.setdefault(t.task_id, []).append(t.diff)
+    tests: dict[str, list[str]] = {}
+    for t in read_trajectories([out / "tts-tests"]) if (out / "tts-tests" / "trajectories.jsonl").is_file() else []:
+        tests.setdefault(t.task_id, []).append(t.diff)
+    with make_progress() as progress:
+        bar = progress.add_task("choosing", total=len(candidates), detail="")
+        selections = select_all(tasks, candidates, tests, workers, on_selection=lambda s: progress.update(
+            bar, advance=1, detail=f"{s.instance_id}: sample {s.chosen}, scores {s.scores}"))
+    preds, results = [], []
+    for s in selections:
+        patch = candidates[s.instance_id][s.chosen] if s.chosen is not None else ""
+        preds.append({"instance_id": s.instance_id, "model_name_or_path": f"{model_name}+tts{n}", "model_patch": patch})
+        resolved = s.chosen is not None and official.get((s.instance_id, s.chosen), False)
+        results.append(InstanceResult(s.instance_id, s.chosen or 0, status="resolved" if resolved else
+                                      "unresolved" if s.chosen is not None else "empty_patch", resolved=bool(resolved)))
+    write_predictions(out / "predictions.tts.jsonl", preds)
+    report = write_report(out / "report.tts.json", make_report(ids, preds, results))
+    rate = sum(r.resolved for r in results) / len(ids) if ids else 0.0
+    console.print(f"test-time scaling ({n}): resolved {rate:.1%}; {report}")
+    return {"n": n, "resolved_rate": rate, "selections": [vars(s) for s in selections]}
 
 
 def _model_name(spec: Any) -> str:

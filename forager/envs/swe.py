@@ -222,18 +222,22 @@ class SWEEnv(gym.Env[str, str]):
             return self.last_result
         self._announced.pop("grading", None)  # taken now
         open_graded = functools.partial(self._open_runtime, preparation=grading_preparation(self.task))
-        result = self.grade_diff(patch, open_graded)
+        result = self.grade_diff(self.task, patch, open_graded)
         context = RewardContext(self.task, patch, result, self.reward_config, turns=self.turn,
                                 action_errors=self.action_errors)
         result.reward, result.reward_parts = self.reward_spec(context)
         self.last_result = result
         return result
 
-    def grade_diff(self, patch: str, open_graded: Callable[[Task], ShellRuntime]) -> RewardResult:
-        """The grader's verdict on the agent's `patch` for the current task, in runtimes `open_graded` gives
-        (fresh, from the task's image; prepared already when a warm pool could): `grade_patch` here."""
-        assert self.task is not None
-        return grade_patch(self.task, patch, open_graded, self.reward_config)
+    def grade_diff(self, task: Task, patch: str, open_graded: Callable[[Task], ShellRuntime]) -> RewardResult:
+        """The grader's verdict on `patch` for `task`, in runtimes `open_graded` gives (fresh, from the task's
+        image; prepared already when a warm pool could): `grade_patch` here, another grader in a subclass."""
+        return grade_patch(task, patch, open_graded, self.reward_config)
+
+    def grade_task(self, task: Task, patch: str) -> RewardResult:
+        """`patch` graded for `task` outside an episode (say, a candidate in test-time scaling), in fresh runtimes."""
+        task = self.prepare_tasks([task], self.runtime_kind)[0]
+        return self.grade_diff(task, patch, functools.partial(self._open_runtime, preparation=grading_preparation(task)))
 
     def expect(self, task: Task | dict[str, Any] | str, count: int = 1) -> None:
         """Announce `count` episodes of `task` to come (say, a GRPO group): with a warm pool, containers

@@ -59,6 +59,8 @@ class EvalSummary:
     """The resolved rate of each sample index 0..K-1 over the tasks that have it."""
     run: dict[str, Any] = field(default_factory=dict)
     """What produced it: the command line, the policy, the env and the agent config."""
+    test_time_scaling: dict[str, Any] | None = None
+    """With `--tts N`: N, the resolved rate of the chosen candidates, and each instance's choice and scores."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
