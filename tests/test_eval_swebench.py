@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,83 @@ def test_test_time_scaling_chooses_the_best_score_then_the_majority_patch() -> N
     assert choose([b, a, a_spaced], [2, 2, 2]) == 1  # a tie goes to the patch two candidates agree on
     assert choose([b, a], [0, 0]) == 0  # no agreement either: the earliest
     assert choose(["", b], [5, 0]) == 1 and choose(["", " "], [0, 0]) is None  # an empty patch is never submitted
+
+
+# -- the whole path on instances the project makes: images built offline from a mirror and a spec file ------
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return make_sample_instances(tmp_path_factory.mktemp("instances"), ["prerelease-numeric-order", "bump-major-no-reset"])
+
+
+def forager_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forager", *map(str, args)], capture_output=True, text=True,
+                          timeout=1500)
+
+
+@needs_docker
+def test_forager_eval_swebench_predicts_grades_reports_and_resumes(made, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    command = ["eval", "swebench", "--dataset", made.instances, "--repos", made.repos, "--specs", made.specs,
+               "-k", "2", "--tts", "2", "--workers", "2", "--out", out]
+    done = forager_cli(*command)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ids = sorted(row["instance_id"] for row in made.rows)
+    for k in (0, 1):
+        preds = read_predictions(out / f"predictions.{k}.jsonl")
+        assert sorted(p["instance_id"] for p in preds) == ids and all(p["model_patch"] for p in preds)
+        assert {p["model_name_or_path"] for p in preds} == {"reference"}
+        report = json.loads((out / f"report.{k}.json").read_text())
+        assert report["resolved_ids"] == ids and report["error_ids"] == [] and report["swebench_agrees"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pass_at_k"] == {"pass@1": 1.0, "pass@2": 1.0} and summary["samples_per_task"] == 2
+    assert summary["test_time_scaling"]["resolved_rate"] == 1.0
+    assert json.loads((out / "report.tts.json").read_text())["resolved_ids"] == ids
+    again = forager_cli(*command)
+    assert again.returncode == 0 and "+4 from before" in again.stdout, again.stdout[-2000:]
+
+
+@needs_docker
+def test_forager_eval_grade_reports_each_bad_row_and_prediction_on_its_own(made, tmp_path: Path) -> None:
+    rows = [dict(row) for row in made.rows]
+    gold, other = rows
+    rows.append({**other, "instance_id": "forager__semverkit-unknown-version", "version": "9.9"})
+    rows.append({key: value for key, value in other.items() if key != "test_patch"} | {"instance_id": "forager__no-tests"})
+    rows.append({**other, "instance_id": "forager__no-commit", "base_commit": "0" * 40})
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    preds = [(gold["instance_id"], gold["patch"]), (other["instance_id"], ""),
+             ("forager__semverkit-unknown-version", other["patch"]), ("forager__no-tests", other["patch"]),
+             ("forager__no-commit", other["patch"]), ("not__in-dataset", "x")]
+    predictions = tmp_path / "preds.json"  # a JSON object keyed by instance id, as swebench also takes
+    predictions.write_text(json.dumps({i: {"instance_id": i, "model_name_or_path": "them", "model_patch": p}
+                                       for i, p in preds}))
+    done = forager_cli("eval", "grade", predictions, "--dataset", dataset, "--repos", made.repos, "--specs",
+                       made.specs, "--out", tmp_path / "grade")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "grade" / "report.json").read_text())
+    assert report["resolved_ids"] == [gold["instance_id"]] and report["empty_patch_ids"] == [other["instance_id"]]
+    assert report["error_ids"] == sorted(["forager__semverkit-unknown-version", "forager__no-tests",
+                                          "forager__no-commit", "not__in-dataset"])
+    errors = report["errors"]
+    assert "9.9" in errors["forager__semverkit-unknown-version"] and "test_patch" in errors["forager__no-tests"]
+    assert "0" * 12 in errors["forager__no-commit"] and "not in the dataset" in errors["not__in-dataset"]
+    assert report["total_instances"] == 5 and report["swebench_agrees"] == 1
+
+
+@needs_docker
+def test_test_time_scaling_submits_the_candidate_that_passes_the_reproduction(made) -> None:
+    from forager.eval.runs import Environments, instance_tasks
+    from forager.eval.tts import select, testgen_env
+
+    tasks, errors = instance_tasks(made.rows[:1], Environments(repos=made.repos, specs=str(made.specs)))
+    task = tasks[made.rows[0]["instance_id"]]
+    assert not errors
+    wrong = made.rows[1]["patch"]  # another instance's fix: it applies here, and fixes nothing of this issue
+    useless = ("diff --git a/tests/test_nothing.py b/tests/test_nothing.py\nnew file mode 100644\n--- /dev/null\n"
+               "+++ b/tests/test_nothing.py\n@@ -0,0 +1,2 @@\n+def test_nothing():\n+    assert True\n")
+    env = testgen_env()
+    try:
+        chosen = select(task, [wrong, task.patch or ""], [task.test_patch or "", useless], env)
+    finally:
+        env.close()
+    assert (chosen.scores, chosen.chosen, chosen.reproducing_tests) == ([0, 1], 1, 1)

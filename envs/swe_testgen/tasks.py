@@ -110,14 +110,17 @@ def to_testgen_task(task: Task, read_base: Callable[[list[str]], dict[str, str |
                 if after != before:
                     file.write_text(after)
                     hidden.append(path)
-        setup_patch = _git(repo, "diff", "HEAD~1") if hidden else (task.setup_patch or "")
-        _git(repo, "add", "-A")
-        _git(repo, "commit", "-q", "--allow-empty", "-m", "hidden")
-        _git(repo, "checkout", "-q", "HEAD~1", "--", ".")  # the start tree ...
-        if task.test_patch:
-            _git(repo, "apply", "--whitespace=nowarn", "-", stdin=task.test_patch)  # ... with its tests
-        _git(repo, "add", "-A")
-        reference_test = _git(repo, "diff", "--cached", "HEAD")
+        if hidden:
+            setup_patch = _git(repo, "diff", "HEAD~1")
+            _git(repo, "add", "-A")
+            _git(repo, "commit", "-q", "-m", "hidden")
+            _git(repo, "checkout", "-q", "HEAD~1", "--", ".")  # the start tree ...
+            if task.test_patch:
+                _git(repo, "apply", "--whitespace=nowarn", "-", stdin=task.test_patch)  # ... with its tests
+            _git(repo, "add", "-A")
+            reference_test = _git(repo, "diff", "--cached", "HEAD")
+        else:  # nothing reveals the bug in the start tree: the tests that do are the test patch's
+            setup_patch, reference_test = task.setup_patch or "", task.test_patch or ""
     metadata = {**task.metadata, "reference_diff": reference_test, "hidden_tests": hidden, "source_kind": task.kind}
     return task.model_copy(update={"kind": TESTGEN_KIND, "setup_patch": setup_patch or None, "metadata": metadata})
 

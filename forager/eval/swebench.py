@@ -16,8 +16,8 @@ When swebench is installed, its own `get_eval_report` reads the same log too, an
 whether the two verdicts agree (`swebench_resolved`): parity is checked on every grading, not once.
 
 In an image Forager built (the repository at /repo, no conda), the install made again is the image's
-own recorded one (`/forager/reinstall`, offline); in an official image (/testbed) it is the spec's, in
-the conda env `testbed`, as swebench does.
+own recorded one (`/forager/reinstall`, offline, without its reset of the tree); in an official image
+(/testbed) it is the spec's, in the conda env `testbed`, as swebench does.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from unidiff import PatchSet
 from unidiff.errors import UnidiffParseError
 
 from forager.core import ForagerError, Task
-from forager.harness.install import REINSTALL
+from forager.harness.install import INSTALLED_COMMIT, REINSTALL
 from forager.rewards.grading import grade_statuses, swebench_log_parser, swebench_parser_name
 from forager.runtime.base import ShellRuntime, bash_quote
 from forager.tasks.formats import END_TEST_OUTPUT, START_TEST_OUTPUT, SWEBENCH_WORKDIR
@@ -109,8 +109,10 @@ def eval_script(task: Task) -> str:
     test_cmd = " && ".join(test_cmd) if isinstance(test_cmd, list) else str(test_cmd)
     if not official and test_cmd.startswith(CONDA[0]):
         test_cmd = test_cmd.split("&&", 2)[-1].strip()  # an official command given to a Forager image
-    # The install made again: the spec's in an official image, the image's own recorded one in Forager's.
-    install = spec.get("install") if official else f"if [ -x {REINSTALL} ]; then {REINSTALL}; fi"
+    # The install made again: the spec's in an official image; in Forager's, the image's own recorded one
+    # (offline), without the lines that reset the tree and record the commit: the model's patch must stay.
+    install = spec.get("install") if official else (
+        f"if [ -x {REINSTALL} ]; then grep -v -e 'git checkout' -e '{INSTALLED_COMMIT}' {REINSTALL} | bash; fi")
     lines = [*(CONDA if official else ()), f"cd {workdir}", *spec.get("eval_commands", []),
              f"git config --global --add safe.directory {workdir}", f"cd {workdir}", "git status", "git show",
              f"git -c core.fileMode=false diff {base}", *(CONDA if official else ()), *([install] if install else []),
