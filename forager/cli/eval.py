@@ -102,7 +102,8 @@ def show(summary: EvalSummary) -> None:
     table_console().print(rates)
 
 
-from forager.cli import eval_swebench  # noqa: E402 - the SWE-bench commands, in a module of their own
+from forager.cli import eval_images, eval_swebench  # noqa: E402 - the SWE-bench commands, in modules of their own
 
 eval_app.command("swebench")(eval_swebench.swebench_command)
 eval_app.command("grade")(eval_swebench.grade_command)
+eval_app.command("images")(eval_images.images_command)

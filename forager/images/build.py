@@ -2,7 +2,8 @@
 
     fetch       the source on the host: a git repository at one commit (forager.images.source)
     detect      the install plan from the project's files, then the recipe's overrides
-    resolve     pip resolves the environment on the host into a lock (forager.images.resolve)
+    resolve     pip resolves the environment on the host into a lock (forager.images.resolve), from the
+                files as the recipe's pre_install leaves them (forager.images.pre_install)
     wheelhouse  every locked package as a wheel on the host
     env         forager/env:HASH      venv + the locked packages, installed with --no-index
     repo        forager/repo-NAME:HASH  the repository at /repo, installed editable, owned by `forager`
@@ -35,6 +36,7 @@ from forager.home import forager_home
 from forager.images.bases import choose_base
 from forager.images.detect import InstallPlan, detect_install
 from forager.images.manifest import ImageBuildError, Manifest, ManifestEntry
+from forager.images.pre_install import pre_installed_tree
 from forager.images.resolve import Lock, Target, ensure_lock_wheelhouse, resolve_lock
 from forager.images.source import FetchedSource, fetch_source
 from forager.images.spec import ImageSpec, Recipe, normalize_name, parse_source, recipe_for
@@ -195,8 +197,11 @@ class _Build:
         self.enter("detect")
         plan = self._plan(spec, fetched, client)
         self.enter("resolve")
-        lock = resolve_lock(fetched.root, fetched.commit, plan.install, plan.target, plan.recipe.requirements,
-                            self.log, replace_requirements=plan.recipe.replace_requirements, env=plan.build_env)
+        # The install sees the files as the recipe's pre_install leaves them, so resolution must too.
+        root = pre_installed_tree(client, plan.base, fetched, plan.recipe.pre_install, self.log)
+        lock = resolve_lock(root, fetched.commit, plan.install, plan.target, plan.recipe.requirements,
+                            self.log, replace_requirements=plan.recipe.replace_requirements, env=plan.build_env,
+                            pre_install=plan.recipe.pre_install)
         self.log("lock:\n  " + "\n  ".join(lock.pins))
 
         # A layer's tag hashes what it is made from: its parent, its script and the files copied in.

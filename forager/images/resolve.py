@@ -18,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 from forager.files import atomic_write_text, content_digest
 from forager.home import forager_home
 from forager.images.detect import InstallPlan
@@ -56,14 +58,18 @@ class Lock:
 
 
 def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, extra: list[str], log,
-                 replace_requirements: bool = False, env: dict[str, str] | None = None) -> Lock:
-    """The environment's pins, from the cache or from pip's resolver."""
+                 replace_requirements: bool = False, env: dict[str, str] | None = None,
+                 pre_install: list[str] | None = None) -> Lock:
+    """The environment's pins, from the cache or from pip's resolver; `root` holds the edits of `pre_install`
+    (forager.images.pre_install), which are part of the cache key."""
     test_reqs = list(extra) if replace_requirements else [*plan.test_requirements, *extra]
     if replace_requirements and "pytest" not in {_name(r) for r in test_reqs}:
         test_reqs.append("pytest")
     inputs = {"commit": commit, "env": env or {}, "extras": plan.extras, "test": test_reqs,
               "build": plan.build_requires,
               "target": [target.version or target.python, target.machine, target.glibc], "version": RESOLVER_VERSION}
+    if pre_install:  # only then: the keys of locks made before stay as they were
+        inputs["pre_install"] = list(pre_install)
     key = content_digest(inputs, length=16)
     cached = forager_home() / "images" / "locks" / f"{key}.json"
     if cached.is_file():
@@ -105,6 +111,44 @@ def resolve_lock(root: Path, commit: str, plan: InstallPlan, target: Target, ext
                                               "inputs": inputs}, indent=1))
             return lock
     raise ImageBuildError("resolve", f"install error: pip cannot resolve the environment: {_why(errors)}")
+
+
+def project_requirements(root: Path, extras: list[str], target: Target, log,
+                         env: dict[str, str] | None = None) -> list[str] | None:
+    """The project's own requirements as pip builds its metadata (its Requires-Dist with `extras`, markers
+    evaluated for `target`, markers then dropped), cached by `root`; None when pip cannot tell."""
+    key = content_digest({"root": str(root), "head": _head_files(root), "extras": extras, "env": env or {},
+                          "target": [target.version or target.python, target.machine], "version": RESOLVER_VERSION},
+                         length=16)
+    cached = forager_home() / "images" / "requires" / f"{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())["requires"]
+    project = f"{root}[{','.join(extras)}]" if extras else str(root)
+    report = _dry_run([project], ["--no-deps"], log,
+                      {**(env or {}), "FORAGER_PIP_PYTHON_VERSION": target.version or target.python})
+    if isinstance(report, str):
+        log(f"note: pip cannot read the project's requirements: {_why([report])}")
+        return None
+    requires = next((item["metadata"].get("requires_dist") or [] for item in report["install"]), [])
+    markers = {"python_version": target.python, "python_full_version": target.version or f"{target.python}.0",
+               "platform_machine": target.machine, "sys_platform": "linux", "platform_system": "Linux",
+               "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+    kept = []
+    for text in requires:
+        requirement = Requirement(text)
+        if requirement.marker is None or any(requirement.marker.evaluate({**markers, "extra": extra})
+                                             for extra in ["", *extras]):
+            requirement.marker = None
+            kept.append(str(requirement))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cached, json.dumps({"requires": kept, "root": str(root)}, indent=1))
+    return kept
+
+
+def _head_files(root: Path) -> list[str]:
+    """What decides a repository's metadata beside its path: its packaging files as they are now."""
+    names = ("setup.py", "setup.cfg", "pyproject.toml")
+    return [content_digest((root / n).read_bytes(), length=None) if (root / n).is_file() else "" for n in names]
 
 
 def ensure_lock_wheelhouse(lock: Lock, target: Target, log, env: dict[str, str] | None = None) -> Path:

@@ -142,18 +142,14 @@ def _fetch_git(url: str, rev: str | None, log) -> FetchedSource:
         commit = _git(mirror, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip() or None
     if commit is None:
         if not mirror.is_dir():
-            log(f"$ git clone --mirror {url}")
-            partial = Path(tempfile.mkdtemp(prefix="mirror-", dir=_mkdir(mirror.parent)))
-            out = _git(partial.parent, "clone", "--quiet", "--mirror", url, str(partial), check=False,
-                       fail="keep-errors")
-            if not (partial / "HEAD").exists():
-                shutil.rmtree(partial, ignore_errors=True)
-                raise ImageBuildError("fetch", f"cannot clone {url}: {_last_error(out)}")
-            partial.rename(mirror)
+            _mirror(url, rev, mirror, log)
         else:
             log(f"$ git fetch {url}")
             _git(mirror, "fetch", "--quiet", "--prune", "origin", check=False)
         commit = _git(mirror, "rev-parse", "--verify", "--quiet", f"{rev or 'HEAD'}^{{commit}}", check=False).strip()
+        if not commit and rev:  # a mirror made from the commit alone, or one whose whole fetch fails
+            _fetch_rev(mirror, url, rev, log)
+            commit = _git(mirror, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip()
         if not commit:
             raise ImageBuildError("fetch", f"{url} has no commit {rev!r}; give a commit id, a tag or a branch")
     name = re.sub(r"\.git$", "", url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]) or "repo"
@@ -174,6 +170,38 @@ def _fetch_git(url: str, rev: str | None, log) -> FetchedSource:
             except OSError:  # another build made it first
                 pass
     return FetchedSource(target, _head(target), None, None, f"git {url}@{commit}")
+
+
+def _mirror(url: str, rev: str | None, mirror: Path, log) -> None:
+    """`git clone --mirror`; when that fails and a commit is asked for, the commit's history and the tags
+    alone (a partial snapshot can lack objects that only other refs reach, its pull requests' say)."""
+    log(f"$ git clone --mirror {url}")
+    partial = Path(tempfile.mkdtemp(prefix="mirror-", dir=_mkdir(mirror.parent)))
+    out = _git(partial.parent, "clone", "--quiet", "--mirror", url, str(partial), check=False, fail="keep-errors")
+    if not (partial / "HEAD").exists():
+        shutil.rmtree(partial, ignore_errors=True)
+        if not rev:
+            raise ImageBuildError("fetch", f"cannot clone {url}: {_last_error(out)}")
+        log(f"note: cannot clone {url} whole ({_last_error(out)}): fetching {rev} and the tags alone")
+        partial = Path(tempfile.mkdtemp(prefix="mirror-", dir=_mkdir(mirror.parent)))
+        _git(partial, "init", "--quiet", "--bare")
+        _git(partial, "remote", "add", "origin", url)
+        _fetch_rev(partial, url, rev, log)
+    try:
+        partial.rename(mirror)
+    except OSError:  # another build made it first
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _fetch_rev(repo: Path, url: str, rev: str, log) -> None:
+    """The history of `rev` from `url` into `repo`, with the tags when they come (versioning tools read them)."""
+    log(f"$ git fetch {url} {rev} (and the tags)")
+    if git_command(repo, "fetch", "--quiet", url, rev, "+refs/tags/*:refs/tags/*", env=_GIT_ENV).returncode != 0:
+        _git(repo, "fetch", "--quiet", url, rev, check=False)
+    fetched = (_git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip()
+               or _git(repo, "rev-parse", "--verify", "--quiet", "FETCH_HEAD^{commit}", check=False).strip())
+    if fetched:
+        _git(repo, "update-ref", f"refs/forager/{fetched}", fetched)  # FETCH_HEAD is not a ref: keep it reachable
 
 
 def _keep_history(repo: Path, log) -> None:
