@@ -303,3 +303,15 @@ def test_the_images_command_shows_each_instance(built, instance, tmp_path):
     assert [(r["instance_id"], r["tag"], r["cached"]) for r in lines] == [("owner__calc-1", image.tag, True),
                                                                          ("o__x-1", None, False)]
     assert "no mirror of o/x" in lines[1]["error"] and lines[0]["size"] > 100e6
+
+
+@needs_docker
+def test_prune_keeps_instance_images_and_their_environment(built) -> None:
+    from forager.images.prune import kept_images, prune_images
+    from forager.runtime.docker import docker_client
+
+    image = built[1]  # (row, the first build, the cached one, notes)
+    assert image.tag in kept_images()
+    env = docker_client().images.get(image.tag).labels["forager.env"]
+    report = prune_images(dry_run=True)  # a dry run: the engine may hold other builds' images
+    assert image.tag in report.kept and env in report.kept and image.tag not in report.removed

@@ -58,6 +58,7 @@ from forager.images.bootstrap import (
 from forager.images.build import BuildOptions, build_image
 from forager.images.layers import VENV, WORKDIR, probe_base
 from forager.images.pre_install import pre_installed_tree
+from forager.images.prune import keep_image
 from forager.images.resolve import project_requirements
 from forager.images.source import fetch_source
 from forager.images.spec import ImageSpec, Recipe, parse_source
@@ -296,6 +297,7 @@ def build_instance_image(row: Mapping[str, Any], spec: InstanceSpec, repos_dir: 
         else:
             image.tag = result.tag
             image.cached = "repo" not in result.stage_s and not force  # no layer was made
+            keep_image(result.tag, f"SWE-bench instance {instance_id}")  # no manifest entry: prune must know
     except (ForagerError, docker.errors.DockerException, OSError) as err:
         image.error = str(err)
         notify(instance_id, "failed")
