@@ -222,3 +222,14 @@ def test_test_time_scaling_submits_the_candidate_that_passes_the_reproduction(ma
     finally:
         env.close()
     assert (chosen.scores, chosen.chosen, chosen.reproducing_tests) == ([0, 1], 1, 1)
+
+
+def test_dataset_aliases_name_the_hub_datasets(monkeypatch) -> None:
+    import forager.eval.runs as runs
+
+    asked = []
+    monkeypatch.setattr(runs, "read_records", lambda source, split: asked.append((source, split)) or [])
+    for alias in ("verified", "lite", "full", "gym", "my-org/my-swe-set"):
+        runs.load_instances(alias, split="dev")
+    assert asked == [("princeton-nlp/SWE-bench_Verified", "dev"), ("princeton-nlp/SWE-bench_Lite", "dev"),
+                     ("princeton-nlp/SWE-bench", "dev"), ("SWE-Gym/SWE-Gym", "dev"), ("my-org/my-swe-set", "dev")]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.panel import Panel
 
+from forager.cli import options as opts
 from forager.cli import RuntimeChoice, console, dim, fail, read_tasks
 from forager.registration import SWE_ENV_ID
 
@@ -129,31 +130,31 @@ def _collection_summary(stats: CollectStats, out: Path) -> None:
 
 def collect(
     tasks: str | None = typer.Option(None, help="Tasks: JSONL/JSON/Parquet, a dataset dir or hub name (default: the sample repository's mutate-fix tasks)."),
-    env: str | None = typer.Option(None, "--env", help="A registered environment id to run instead of forager/SWE-v0 (`forager envs list`)."),
+    env: str | None = opts.ENV,
     episodes: int | None = typer.Option(None, min=1, help="With --env: episodes to run (its first N task ids, or seeds 0..N-1 when it has none)."),
     out: Path = typer.Option(Path("trajectories"), help="Directory for trajectories.jsonl (the same command resumes)."),
-    policy: str | None = typer.Option(None, help="reference, replay, openai, hf, a plug-in or serving recipe (`forager policies list`, e.g. qwen3-32b) or module:Class (default: openai when a server is configured, else reference)."),
-    model: str | None = typer.Option(None, help="Model name (openai) or path/hub name (hf); or FORAGER_MODEL."),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1; or FORAGER_BASE_URL."),
-    api_key: str | None = typer.Option(None, help="API key; or FORAGER_API_KEY / OPENAI_API_KEY."),
-    temperature: float | None = typer.Option(None, help="Sampling temperature."),
+    policy: str | None = opts.POLICY,
+    model: str | None = opts.MODEL,
+    base_url: str | None = opts.BASE_URL,
+    api_key: str | None = opts.API_KEY,
+    temperature: float | None = opts.TEMPERATURE,
     replay: Path | None = typer.Option(None, help="Trajectories to replay (the replay policy)."),
-    policy_option: list[str] = typer.Option([], "--policy-option", help="KEY=VALUE passed to the policy (JSON values allowed); repeatable."),
+    policy_option: list[str] = opts.POLICY_OPTION,
     samples_per_task: int = typer.Option(1, "--samples-per-task", "-k", min=1, help="Episodes per task."),
     workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes at once (one container each)."),
     warm_pool: int | None = typer.Option(None, min=0, help="Containers started ahead per image for resets and grading (default: min(workers, 4); 0: none)."),
     runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
-    ray_address: str | None = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
-    config: Path | None = typer.Option(None, help="YAML agent config (prompts, tool format, budgets), optionally under `agent:`."),
-    prompts: str | None = typer.Option(None, help="A prompt set by name (`forager prompts list`: default, cwm, minimal) or a YAML file of its templates."),
-    max_turns: int | None = typer.Option(None, help="Turn budget per episode (default 64)."),
+    ray_address: str | None = opts.RAY_ADDRESS,
+    config: Path | None = opts.CONFIG,
+    prompts: str | None = opts.PROMPTS,
+    max_turns: int | None = opts.MAX_TURNS,
     max_context: int | None = typer.Option(None, help="Token budget of the whole context (default 32768)."),
     tool_format: str | None = typer.Option(None, help="cwm (tags in the text, default) or openai (function calling)."),
     reward_unresolved: float = typer.Option(0.0, help="Reward when not resolved (CWM used -1)."),
     limit: int | None = typer.Option(None, min=1, help="Only the first N tasks."),
     split: str = typer.Option("test", help="Dataset split."),
     fmt: str = typer.Option("auto", "--format", help="auto, forager, swebench or swe-smith."),
-    allow_mixed: bool = typer.Option(False, help="Allow a different policy/config in an existing --out."),
+    allow_mixed: bool = opts.ALLOW_MIXED,
 ) -> None:
     """Run the ForagerAgent on tasks and save one trajectory per (task, sample), resumably."""
     from forager.agent.collect import validate_policy

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from forager.cli import options as opts
 from forager.cli import RuntimeChoice, console, fail, table_console
 
 if TYPE_CHECKING:
@@ -20,24 +21,24 @@ eval_app = typer.Typer(help="Evaluate a policy: K samples per task, resolved rat
 
 @eval_app.command("run")
 def run(
-    env: str | None = typer.Option(None, "--env", help="A registered environment id (default forager/SWE-v0; `forager envs list`)."),
+    env: str | None = opts.ENV,
     tasks: str | None = typer.Option(None, help="Tasks of a SWE environment: JSONL/JSON/Parquet, a dataset dir or hub name (default: the sample tasks)."),
     episodes: int | None = typer.Option(None, min=1, help="Only the first N tasks (a text env: its first N task ids, or seeds 0..N-1)."),
-    samples: int = typer.Option(1, "--samples", "-k", min=1, help="Samples per task (K): pass@1 is averaged over them, pass@k up to K."),
+    samples: int = opts.SAMPLES,
     out: Path = typer.Option(Path("eval"), help="Directory for trajectories.jsonl and summary.json (the same command resumes)."),
-    policy: str | None = typer.Option(None, help="reference, replay, openai, hf, a plug-in or module:Class (default: openai when a server is configured, else reference)."),
-    model: str | None = typer.Option(None, help="Model name (openai) or path/hub name (hf); or FORAGER_MODEL."),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1; or FORAGER_BASE_URL."),
-    api_key: str | None = typer.Option(None, help="API key; or FORAGER_API_KEY / OPENAI_API_KEY."),
-    temperature: float | None = typer.Option(None, help="Sampling temperature."),
-    policy_option: list[str] = typer.Option([], "--policy-option", help="KEY=VALUE passed to the policy (JSON values allowed); repeatable."),
+    policy: str | None = opts.POLICY,
+    model: str | None = opts.MODEL,
+    base_url: str | None = opts.BASE_URL,
+    api_key: str | None = opts.API_KEY,
+    temperature: float | None = opts.TEMPERATURE,
+    policy_option: list[str] = opts.POLICY_OPTION,
     workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes at once."),
     runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
-    ray_address: str | None = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
-    config: Path | None = typer.Option(None, help="YAML agent config (prompts, tool format, budgets), optionally under `agent:`."),
-    prompts: str | None = typer.Option(None, help="A prompt set by name (`forager prompts list`) or a YAML file of its templates."),
-    max_turns: int | None = typer.Option(None, help="Turn budget per episode."),
-    allow_mixed: bool = typer.Option(False, help="Allow a different policy/config in an existing --out."),
+    ray_address: str | None = opts.RAY_ADDRESS,
+    config: Path | None = opts.CONFIG,
+    prompts: str | None = opts.PROMPTS,
+    max_turns: int | None = opts.MAX_TURNS,
+    allow_mixed: bool = opts.ALLOW_MIXED,
 ) -> None:
     """Run the policy K times on every task (resumably, as `forager collect`), then write and show the summary."""
     from forager.cli import collect

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from forager.cli import options as opts
 from forager.cli import RuntimeChoice, console, fail, make_progress, table_console
 
 if TYPE_CHECKING:
@@ -53,22 +54,22 @@ def grade_command(
 def swebench_command(
     dataset: str = DATASET, repos: Path | None = REPOS, specs: str | None = SPECS, registry_images: bool = REGISTRY,
     instance_ids: list[str] = IDS, filter: str | None = FILTER, window: str | None = SLICE, split: str = SPLIT,
-    samples: int = typer.Option(1, "--samples", "-k", min=1, help="Episodes per instance (K): pass@1 is averaged over them, pass@k up to K."),
+    samples: int = opts.SAMPLES,
     workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes (and gradings) at once."),
     out: Path = typer.Option(Path("eval-swebench"), help="Directory for the trajectories, predictions, reports and summary (the same command resumes)."),
-    policy: str | None = typer.Option(None, help="reference, openai, hf, a plug-in or serving recipe (`forager policies list`) or module:Class."),
-    model: str | None = typer.Option(None, help="Model name (openai) or path (hf)."),
-    base_url: str | None = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1; or FORAGER_BASE_URL."),
-    api_key: str | None = typer.Option(None, help="API key; or FORAGER_API_KEY / OPENAI_API_KEY."),
-    temperature: float | None = typer.Option(None, help="Sampling temperature."),
-    policy_option: list[str] = typer.Option([], "--policy-option", help="KEY=VALUE passed to the policy; repeatable."),
-    config: Path | None = typer.Option(None, help="YAML agent config (prompts, tool format, budgets), optionally under `agent:`."),
-    prompts: str | None = typer.Option(None, help="A prompt set by name (`forager prompts list`) or a YAML file."),
-    max_turns: int | None = typer.Option(None, help="Turn budget per episode."),
-    ray_address: str | None = typer.Option(None, help="Run the episodes on Ray: auto, ray://HOST:PORT, or local."),
+    policy: str | None = opts.POLICY,
+    model: str | None = opts.MODEL,
+    base_url: str | None = opts.BASE_URL,
+    api_key: str | None = opts.API_KEY,
+    temperature: float | None = opts.TEMPERATURE,
+    policy_option: list[str] = opts.POLICY_OPTION,
+    config: Path | None = opts.CONFIG,
+    prompts: str | None = opts.PROMPTS,
+    max_turns: int | None = opts.MAX_TURNS,
+    ray_address: str | None = opts.RAY_ADDRESS,
     tts: int = typer.Option(0, "--tts", min=0, help="Test-time scaling: N candidates and N generated reproduction tests per instance; the candidate passing most is submitted (reported beside pass@1)."),
     timeout: float = TIMEOUT,
-    allow_mixed: bool = typer.Option(False, help="Allow a different policy/config in an existing --out."),
+    allow_mixed: bool = opts.ALLOW_MIXED,
 ) -> None:
     """Run the ForagerAgent K times per SWE-bench instance, write swebench predictions, grade them officially, report."""
     from forager.agent.config import CollectConfig
