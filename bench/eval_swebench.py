@@ -68,8 +68,10 @@ def bare_run(task, patch: str, folder: Path) -> float:
     """`docker run` of the image with the patch applied and the eval script run, nothing else."""
     (folder / "patch.diff").write_text(patch)
     (folder / "eval.sh").write_text(eval_script(task))
+    for path in (folder, folder / "patch.diff", folder / "eval.sh"):  # readable by the image's user
+        path.chmod(0o755)
     started = time.monotonic()
-    subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{folder}:/x:ro", task.image, "bash", "-c",
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "1000", "-v", f"{folder}:/x:ro", task.image, "bash", "-c",
                     f"cd {task.workdir} && git apply --verbose /x/patch.diff && bash /x/eval.sh"],
                    capture_output=True, check=True, timeout=900)
     return time.monotonic() - started
