@@ -171,7 +171,7 @@ def test_forager_eval_swebench_predicts_grades_reports_and_resumes(made, tmp_pat
         assert report["resolved_ids"] == ids and report["error_ids"] == [] and report["swebench_agrees"] == 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pass_at_k"] == {"pass@1": 1.0, "pass@2": 1.0} and summary["samples_per_task"] == 2
-    assert summary["test_time_scaling"]["resolved_rate"] == 1.0
+    assert summary["test_time_scaling"]["resolved_rate"] == 1.0 and summary["run"]["collection"]["policy"]
     assert json.loads((out / "report.tts.json").read_text())["resolved_ids"] == ids
     again = forager_cli(*command)
     assert again.returncode == 0 and "+4 from before" in again.stdout, again.stdout[-2000:]

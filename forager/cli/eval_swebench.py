@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,8 +149,11 @@ def _grade_samples(rows: list[dict[str, Any]], tasks: dict[str, Task], errors: d
         write_report(out / f"report.{k}.json", make_report(ids, preds, results))
         show_report(make_report(ids, preds, results), results, title=f"sample {k}")
     graded = [t.model_copy(update={"resolved": official.get((t.task_id, t.sample), False)}) for t in trajectories]
-    summary = summarize(graded, {"command": ["forager", *sys.argv[1:]], "dataset": dataset, "instances": len(rows),
-                                 "grading": "swebench eval script (forager.eval.swebench)"})
+    run = {"command": ["forager", *sys.argv[1:]], "dataset": dataset, "instances": len(rows),
+           "grading": "swebench eval script (forager.eval.swebench)"}
+    if (out / "collection.json").is_file():  # the policy, the agent config and the collection's settings
+        run["collection"] = json.loads((out / "collection.json").read_text())
+    summary = summarize(graded, run)
     if tts:
         summary.test_time_scaling = _test_time_scaling(tasks, trajectories, official, ids, out, tts, workers, model_name)
     show(summary)
