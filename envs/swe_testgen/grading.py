@@ -79,13 +79,15 @@ class Side:
 
 def kept_file_refusal(file: FileDiff) -> str | None:
     """Why grading leaves this file of the agent's diff out (None if it is a test file it keeps)."""
-    path = file.new_path or file.old_path or ""
     if file.new_path is None:
         return "test generation keeps no deletion"
-    if why := refusal(path):
-        return why
-    if not TEST_FILE.search(path):
-        return "test generation keeps only test files (test_*.py, *_test.py): the code is not the agent's to change"
+    if file.kind in ("rename", "copy") or file.binary:  # a rename takes a file away; every path must be a test's
+        return f"test generation keeps only plain edits of test files, not a {'binary' if file.binary else file.kind}"
+    for path in file.paths:
+        if why := refusal(path):
+            return why
+        if not TEST_FILE.search(path):
+            return "test generation keeps only test files (test_*.py, *_test.py): the code is not the agent's to change"
     return None
 
 

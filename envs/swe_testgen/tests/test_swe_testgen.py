@@ -159,3 +159,19 @@ def test_forager_collect_runs_the_testgen_env_with_the_reference_policy(tmp_path
     rows = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(row["reward"] == 1.0 and row["kind"] == TESTGEN_KIND for row in rows)
     assert "Write a test that reproduces this issue" in rows[0]["messages"][1]["content"]
+
+
+def test_a_rename_or_copy_of_library_code_into_a_test_file_is_left_out() -> None:
+    from forager.harness.diffparse import parse_diff
+    from forager_envs.swe_testgen.grading import kept_file_refusal
+
+    rename = ("diff --git a/semverkit/version.py b/tests/test_version_moved.py\nsimilarity index 100%\n"
+              "rename from semverkit/version.py\nrename to tests/test_version_moved.py\n")
+    copy = rename.replace("rename from", "copy from").replace("rename to", "copy to")
+    plain = ("diff --git a/tests/test_new.py b/tests/test_new.py\nnew file mode 100644\n--- /dev/null\n"
+             "+++ b/tests/test_new.py\n@@ -0,0 +1 @@\n+def test_x(): pass\n")
+    for text in (rename, copy):
+        (file,) = parse_diff(text)
+        assert kept_file_refusal(file) and "not a" in kept_file_refusal(file)
+    (file,) = parse_diff(plain)
+    assert kept_file_refusal(file) is None
