@@ -21,25 +21,19 @@ PREDICTION_KEYS = ("instance_id", "model_name_or_path", "model_patch")
 
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """The predictions of a file; a row without an instance id, or one id twice, is a ForagerError naming it."""
+    """The predictions of a file (read as the task store reads JSON and JSONL, `tasks.store.read_records`);
+    a row without an instance id, or one id twice, is a ForagerError naming it."""
+    from forager.tasks.store import read_records
+
     path = Path(path)
+    if not path.is_file():
+        raise ForagerError(f"no predictions file {path}")
     try:
-        text = path.read_text()
-    except OSError as err:
+        rows: list[Any] = read_records(path)
+    except ValueError as err:
         raise ForagerError(f"cannot read the predictions {path}: {err}") from err
-    rows: list[Any]
-    stripped = text.lstrip()
-    if stripped.startswith(("[", "{")) and not _is_jsonl(stripped):
-        data = json.loads(text)
-        rows = list(data.values()) if isinstance(data, dict) else data
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ForagerError(f"{path}:{number}: not JSON ({err})") from err
+    if len(rows) == 1 and "instance_id" not in rows[0] and all(isinstance(v, dict) for v in rows[0].values()):
+        rows = list(rows[0].values())  # a JSON object keyed by instance id
     seen: set[str] = set()
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not row.get("instance_id"):
@@ -48,18 +42,6 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             raise ForagerError(f"{path}: instance {row['instance_id']} is predicted twice")
         seen.add(row["instance_id"])
     return rows
-
-
-def _is_jsonl(text: str) -> bool:
-    """More than one JSON value, one per line."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) < 2:
-        return False
-    try:
-        json.loads(lines[0])
-        return True
-    except json.JSONDecodeError:
-        return False
 
 
 def write_predictions(path: Path, predictions: Iterable[Mapping[str, Any]]) -> Path:
