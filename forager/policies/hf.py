@@ -10,7 +10,7 @@ distribution sampled from. With temperature 0 (greedy) the logprob is at tempera
 default) prefill and decode kernels round differently, so expect ~1e-2.
 
 Token-in, token-out: given `prefix_token_ids`, only the messages after the last assistant message
-are rendered and tokenized, and appended to the prefix as is (see `prompt_ids`).
+are rendered and tokenized, and appended to the prefix as is (`forager.policies.chat_tokens`).
 """
 
 from __future__ import annotations
@@ -18,20 +18,13 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from forager.core import ContextLengthExceeded, Message, PolicyError, PolicyOutput, Task
+from forager.policies.chat_tokens import ChatTokens, PrefixMismatchWarning, stop_ids
 from forager.policies.models import resolve_model
-
-_MARK = "<forager:end-of-content>"
-
-
-class PrefixMismatchWarning(UserWarning):
-    """The chat template cannot extend `prefix_token_ids`: the whole conversation was rendered again."""
-
 
 class HFPolicy:
     """Samples from a transformers causal LM with its KV cache, one request at a time (a lock guards it)."""
@@ -62,7 +55,8 @@ class HFPolicy:
         config = self.lm.config
         self.max_context: int = (max_context or getattr(config, "max_position_embeddings", None)
                                  or self.tokenizer.model_max_length)
-        self.stop_ids = _stop_ids(self.tokenizer, self.lm)
+        self.stop_ids = stop_ids(self.tokenizer, self.lm.config, getattr(self.lm, "generation_config", None))
+        self.chat = ChatTokens(self.tokenizer, self.stop_ids)
         params = inspect.signature(self.lm.forward).parameters
         # Keep only the last position's logits of the prompt: the whole (prompt, vocab) matrix is GBs.
         self._last_logits = ({"logits_to_keep": 1} if "logits_to_keep" in params
@@ -93,20 +87,24 @@ class HFPolicy:
             policy_version=version, prompt_tokens=len(prompt), completion_tokens=len(token_ids),
             latency_s=time.monotonic() - started)
 
+    def generate(self, prompt_ids: list[int], max_tokens: int, *,
+                 temperature: float | None = None) -> tuple[list[int], list[float], int]:
+        """A reply sampled for exact prompt ids (a server's token-in path): its ids, their logprobs and the policy
+        version that sampled it; `temperature` replaces the policy's for this call."""
+        with self._lock:
+            kept = self.temperature
+            self.temperature = kept if temperature is None else temperature
+            try:
+                token_ids, logprobs = self._sample(list(prompt_ids), max(0, min(max_tokens, self.max_context - len(prompt_ids))))
+            finally:
+                self.temperature = kept
+            return token_ids, logprobs, self.policy_version
+
     def prompt_ids(self, messages: list[Message], *, prefix_token_ids: list[int] | None = None,
                    tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """The prompt's tokens: `prefix_token_ids` + the new messages' tokens, or the whole conversation's.
-
-        The new messages' text is the difference between the template's rendering of the conversation
-        up to the last assistant message and of all of it with the generation prompt, less what the
-        sampled tokens already hold (their closing <|im_end|>). When the template does not extend the
-        history that way, a PrefixMismatchWarning is issued and the whole conversation is rendered.
-        """
-        if prefix_token_ids:
-            delta = self._delta_text(messages, prefix_token_ids, tools)
-            if delta is not None:
-                return list(prefix_token_ids) + self._encode(delta)
-        return self._encode(self._render(messages, tools, generation_prompt=True))
+        """The prompt's tokens: `prefix_token_ids` + the new messages' tokens, or the whole conversation's
+        (`forager.policies.chat_tokens.ChatTokens.prompt_ids`)."""
+        return self.chat.prompt_ids(messages, prefix_token_ids=prefix_token_ids, tools=tools)
 
     def update_weights(self, weights: Mapping[str, Any] | Iterable[tuple[str, Any]], policy_version: int) -> None:
         """Copy new weights (from the learner) into the model in place, between two generations, and name them.
@@ -124,36 +122,6 @@ class HFPolicy:
             for target, (_, tensor) in zip(targets, pairs):
                 target.copy_(tensor)
             self.policy_version = policy_version
-
-    # -- rendering -----------------------------------------------------------------------------
-    def _render(self, messages: list[Message], tools: list[dict[str, Any]] | None, generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                                  add_generation_prompt=generation_prompt)
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def _delta_text(self, messages: list[Message], prefix_token_ids: list[int],
-                    tools: list[dict[str, Any]] | None) -> str | None:
-        """The text the template adds after the sampled tokens of the last assistant message, or None."""
-        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-        if last is None:
-            return _mismatch("prefix_token_ids were given but the conversation has no assistant message")
-        head = self._render(messages[: last + 1], tools, generation_prompt=False)
-        whole = self._render(messages, tools, generation_prompt=True)
-        # What the template writes after the assistant's content (ChatML: "<|im_end|>\n"), found with a
-        # marker, since the content may be empty or appear earlier in the conversation.
-        marked_message = {**messages[last], "content": (messages[last].get("content") or "") + _MARK}
-        marked = self._render([*messages[:last], marked_message], tools, generation_prompt=False)
-        closing = marked[marked.rfind(_MARK) + len(_MARK):] if _MARK in marked else None
-        if closing is None or not head.endswith(closing) or not whole.startswith(head):
-            return _mismatch("the chat template does not render the conversation as an extension of its history")
-        # The sampled tokens end with the stop token, which is where the closing text starts; the rest
-        # (the newline after <|im_end|> in ChatML) is the prompt's. After a `length` finish the whole
-        # closing text is.
-        tail = self.tokenizer.decode(prefix_token_ids[-1:])
-        consumed = tail if prefix_token_ids[-1] in self.stop_ids and closing.startswith(tail) else ""
-        return closing[len(consumed):] + whole[len(head):]
 
     # -- sampling ------------------------------------------------------------------------------
     def _sample(self, prompt: list[int], budget: int) -> tuple[list[int], list[float]]:
@@ -226,21 +194,9 @@ def _same_values(a: Any, b: Any) -> bool:
     return a.data_ptr() == b.data_ptr() or torch.equal(a.to(b.device, b.dtype), b)
 
 
-def _mismatch(why: str) -> None:
-    warnings.warn(f"{why}; rendering the whole conversation again (this turn's prefix is re-tokenized)",
-                  PrefixMismatchWarning, stacklevel=4)
-    return None
-
-
-def _stop_ids(tokenizer: Any, lm: Any) -> set[int]:
-    """The tokenizer's eos and every eos id the model's configs name (chat models often have two)."""
-    ids = {tokenizer.eos_token_id}
-    for config in (lm.config, getattr(lm, "generation_config", None)):
-        eos = getattr(config, "eos_token_id", None)
-        ids.update(eos if isinstance(eos, (list, tuple)) else [eos])
-    return {i for i in ids if i is not None}
-
-
 def _version(text: str) -> tuple[int, int]:
     major, minor = text.split(".")[:2]
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+__all__ = ["HFPolicy", "PrefixMismatchWarning"]

@@ -5,6 +5,12 @@ to the response and `token_ids` to each choice; `logprobs` with `return_tokens_a
 each logprob's token `token_id:N`, which also gives the ids on older vLLM. A server that returns
 neither gives a text-only output (`PolicyOutput.trainable` is False). One policy object is shared by
 many worker threads: the HTTP client is thread-safe and `act` keeps no per-call state on `self`.
+
+Token-in, token-out (`api="completions"`, what the trainer uses): the policy holds the served model's
+tokenizer and sends `/v1/completions` the exact prompt ids, the previous turn's prompt and sampled tokens
+plus the new messages rendered as a template delta (`forager.policies.chat_tokens`), so the server never
+renders the conversation and a template that rewrites earlier turns cannot change what was trained on.
+The reply's text is parsed for tool calls by the agent (the server's tool-call parser is not involved).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import ssl
 import threading
 import time
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -93,12 +99,21 @@ class OpenAIPolicy:
         top_logprobs: int = 0,
         policy_version: int = 0,
         max_connections: int = 256,
+        api: Literal["chat", "completions"] = "chat",
+        tokenizer: Any = None,
+        max_context: int | None = None,
     ) -> None:
         """`base_url`, `model` and `api_key` fall back to FORAGER_BASE_URL / OPENAI_BASE_URL (else
         vLLM's default address), FORAGER_MODEL (else the first model the server lists) and
         FORAGER_API_KEY / OPENAI_API_KEY. `timeout` bounds each request (seconds); connection errors,
         timeouts, 429 and 5xx are retried `max_retries` times with exponential backoff and jitter.
-        `request_token_ids=False` sends no logprob/token-id fields (for servers that reject them)."""
+        `request_token_ids=False` sends no logprob/token-id fields (for servers that reject them).
+
+        `api="completions"`: token-in-token-out through `/v1/completions` (vLLM). `tokenizer` is the served
+        model's (a directory, hub id, known name or a `ChatTokens`; default: `model`); `max_context` bounds
+        prompt + reply (default: the `max_model_len` the server lists), so each request asks for what fits."""
+        if api not in ("chat", "completions"):
+            raise PolicyError(f"api must be chat or completions, not {api!r}")
         self.base_url = _normalize_base_url(base_url or _env("FORAGER_BASE_URL", "OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         self.model = model or _env("FORAGER_MODEL")
         api_key = api_key or _env("FORAGER_API_KEY", "OPENAI_API_KEY")
@@ -114,7 +129,11 @@ class OpenAIPolicy:
         self.top_logprobs = top_logprobs
         self.policy_version = policy_version
         """Which weights the server holds; the trainer bumps it after each weight update."""
-        self.url = f"{self.base_url}/chat/completions"
+        self.api = api
+        self.url = f"{self.base_url}/chat/completions" if api == "chat" else f"{self.base_url}/completions"
+        self.max_context = max_context
+        self._tokenizer_source = tokenizer
+        self._chat_tokens: Any = tokenizer if hasattr(tokenizer, "prompt_ids") else None
         self._client = httpx.Client(
             verify=_ssl_context(),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
@@ -130,6 +149,8 @@ class OpenAIPolicy:
         not sent (the agent compares it with the returned `prompt_token_ids`), and `task` is unused."""
         if self._closed:
             raise PolicyError("this OpenAIPolicy is closed: make a new one")
+        if self.api == "completions":
+            return self._complete(messages, prefix_token_ids, max_tokens, tools)
         body = self._request_body(messages, max_tokens, tools)
         version = self.policy_version  # the weights that sample this request, as the request leaves
         started = time.monotonic()
@@ -139,7 +160,7 @@ class OpenAIPolicy:
     def describe(self) -> dict[str, Any]:
         """What produced the actions, for `Trajectory.policy`."""
         sampling = {k: v for k, v in self.sampling.items() if v is not None}
-        return {"name": self.name, "model": self.model, "base_url": self.base_url, **sampling}
+        return {"name": self.name, "model": self.model, "base_url": self.base_url, "api": self.api, **sampling}
 
     def close(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -154,6 +175,86 @@ class OpenAIPolicy:
 
     def __repr__(self) -> str:
         return f"OpenAIPolicy(base_url={self.base_url!r}, model={self.model!r})"
+
+    # -- token-in, token-out -----------------------------------------------------------------------
+    def _complete(self, messages: list[Message], prefix_token_ids: list[int] | None, max_tokens: int | None,
+                  tools: list[dict[str, Any]] | None) -> PolicyOutput:
+        """One turn through `/v1/completions`: the prompt ids go out, the sampled ids and logprobs come back."""
+        chat = self.chat_tokens()
+        prompt = chat.prompt_ids(messages, prefix_token_ids=prefix_token_ids, tools=tools)
+        limit = self._context_limit()
+        room = None if limit is None else limit - len(prompt)
+        if room is not None and room <= 0:
+            raise ContextLengthExceeded(f"the prompt has {len(prompt)} tokens and the context window {limit}: "
+                                        "no room to reply")
+        budget = max_tokens or self.sampling["max_tokens"] or room
+        if budget is None:
+            raise PolicyError("token-in-token-out needs a reply budget: pass max_tokens= or max_context=, or serve "
+                              "a model whose /v1/models lists max_model_len (vLLM does)")
+        body: dict[str, Any] = {"model": self._resolve_model(), "prompt": prompt,
+                                "max_tokens": min(budget, room) if room is not None else budget}
+        body.update((k, v) for k, v in self.sampling.items() if v is not None and k != "max_tokens")
+        if self.request_token_ids:
+            body.update(logprobs=max(1, self.top_logprobs), return_token_ids=True, return_tokens_as_token_ids=True)
+        body.update(self.extra_body)
+        version = self.policy_version
+        started = time.monotonic()
+        data = self._post(body)
+        return self._parse_completion(data, prompt, version, time.monotonic() - started)
+
+    def chat_tokens(self) -> Any:
+        """The served model's tokenizer with its chat template (`ChatTokens`), loaded on first use."""
+        if self._chat_tokens is None:
+            with self._model_lock:
+                if self._chat_tokens is None:
+                    from forager.policies.chat_tokens import ChatTokens
+                    from forager.policies.models import resolve_model
+
+                    source = self._tokenizer_source or self._resolve_model()
+                    self._chat_tokens = ChatTokens.load(resolve_model(str(source)))
+        return self._chat_tokens
+
+    def _context_limit(self) -> int | None:
+        """`max_context`, else the `max_model_len` the server lists for the model (asked once)."""
+        if self.max_context is None:
+            try:
+                listed = self._client.get(f"{self.base_url}/models").json()["data"]
+                entry = next((m for m in listed if m.get("id") == self._resolve_model()), listed[0])
+                self.max_context = int(entry["max_model_len"]) if entry.get("max_model_len") else 0
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+                self.max_context = 0  # unknown: the server rejects what does not fit, with its 400
+        return self.max_context or None
+
+    def _parse_completion(self, data: dict[str, Any], prompt: list[int], version: int,
+                          latency_s: float) -> PolicyOutput:
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError) as err:
+            raise PolicyError(f"{self.url} answered without a choice: {str(data)[:500]}") from err
+        logprobs_block = choice.get("logprobs") or {}
+        logprobs = logprobs_block.get("token_logprobs")
+        spelled = _spelled_token_ids([{"token": t} for t in logprobs_block.get("tokens") or []])
+        token_ids = choice.get("token_ids") if choice.get("token_ids") is not None else spelled
+        if token_ids is not None and logprobs is not None and len(token_ids) != len(logprobs):
+            log.warning("%s: %d token ids but %d logprobs; dropping the logprobs (text-only output)",
+                        self.url, len(token_ids), len(logprobs))
+            logprobs = None
+        echoed = data.get("prompt_token_ids") or choice.get("prompt_token_ids")
+        if echoed is not None and list(echoed) != prompt:
+            raise PolicyError(f"{self.url} sampled from other prompt tokens than were sent ({len(echoed)} vs "
+                              f"{len(prompt)}): the server re-tokenized the prompt; serve a vLLM that takes token ids")
+        usage = data.get("usage") or {}
+        return PolicyOutput(
+            text=choice.get("text") or "",
+            token_ids=token_ids,
+            logprobs=[float(x) for x in logprobs] if logprobs is not None else None,
+            prompt_token_ids=prompt,
+            finish_reason=choice.get("finish_reason") or "stop",
+            policy_version=version,
+            prompt_tokens=usage.get("prompt_tokens", len(prompt)),
+            completion_tokens=usage.get("completion_tokens"),
+            latency_s=latency_s,
+        )
 
     # -- the request -------------------------------------------------------------------------------
     def _resolve_model(self) -> str:

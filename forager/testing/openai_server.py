@@ -14,12 +14,24 @@ What it answers is scripted by a `responder(request_json) -> Reply`:
 
     with OpenAIServer(fail_first(2, then=replies("hello"))) as server:
         OpenAIPolicy(server.base_url, model=server.model).act([...])
+
+`/v1/completions` takes prompt token ids (token-in-token-out) and answers in vLLM's completions shape; a
+responder sees the conversation parsed back from them (`toy_chat.parse_chat`) under `messages`.
+
+Backed by a real model (`OpenAIServer(generator=HFPolicy(...))`, or `python -m forager.testing.openai_server
+--model DIR` as a process), it samples with that model instead, and serves what a dev-mode vLLM server adds
+for training: `/pause`, `/resume`, `/is_paused` and `/collective_rpc`, whose methods run on a worker that
+mixes in the `--worker-extension-cls` class over the model (vLLM's worker has `model_runner.model`, `device`
+and `rank`; so does this one). So the trainer's vLLM engine, its weight group (gloo here, NCCL on GPUs) and
+the worker extension run here for real; only vLLM's kernels and NCCL itself are not. Pausing holds new
+generations until `/resume`; one in flight finishes first (vLLM's `mode=wait`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -30,9 +42,11 @@ from typing import Any
 
 from forager.testing.toy_chat import (
     IM_END,
+    ToyTokenizer,
     assistant_text,
     decode,
     encode,
+    parse_chat,
     render_chat,
     toy_logprob,
 )
@@ -172,8 +186,19 @@ class OpenAIServer:
     def __init__(self, responder: Responder | Reply | str = "ok", *, model: str = "toy-model",
                  max_model_len: int | None = None, api_key: str | None = None,
                  reject_unknown_fields: bool = False, supports_return_token_ids: bool = True,
-                 port: int = 0) -> None:
+                 port: int = 0, generator: Any = None, worker_extension: str | type | None = None,
+                 dev_mode: bool = True, host: str = "127.0.0.1") -> None:
+        """`generator`: a model to sample with (an `HFPolicy`) instead of the responder; `worker_extension`: the
+        class (or `module:Class`) mixed into its worker for `/collective_rpc`; `dev_mode=False` hides the
+        training endpoints, as vLLM without VLLM_SERVER_DEV_MODE does."""
         self.responder = _as_responder(responder)
+        self.generator = generator
+        self.dev_mode = dev_mode
+        self.worker = _make_worker(generator, worker_extension) if generator is not None else None
+        if generator is not None and max_model_len is None:
+            max_model_len = generator.max_context
+        self._resumed = threading.Event()
+        self._resumed.set()
         self.model = model
         self.max_model_len = max_model_len
         self.api_key = api_key
@@ -182,7 +207,7 @@ class OpenAIServer:
         self.requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
+        self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -232,6 +257,15 @@ class OpenAIServer:
             return 200, self._models(), {}
         if request.method == "GET" and request.path == "/health":
             return 200, None, {}
+        if self.dev_mode and (answer := self._training_endpoint(request)) is not None:
+            return answer
+        if request.method == "POST" and request.path in ("/v1/completions", "/completions"):
+            try:
+                return self._complete(request.json)
+            except Exception as err:  # noqa: BLE001 (as a crashed server would)
+                log.exception("the completion failed")
+                return 500, _vllm_error(500, f"the completion failed: {type(err).__name__}: {err}",
+                                        "InternalServerError"), {}
         if request.method == "POST" and request.path in ("/v1/chat/completions", "/chat/completions"):
             try:
                 return self._chat(request.json)
@@ -240,6 +274,107 @@ class OpenAIServer:
                 return 500, _vllm_error(500, f"the responder failed: {type(err).__name__}: {err}",
                                         "InternalServerError"), {}
         return 404, {"detail": "Not Found"}, {}
+
+    # -- training endpoints (a dev-mode vLLM server's) ---------------------------------------------
+    def _training_endpoint(self, request: ReceivedRequest) -> tuple[int, Any, dict[str, str]] | None:
+        if request.method == "POST" and request.path == "/pause":
+            self._resumed.clear()
+            return 200, {"status": "paused"}, {}
+        if request.method == "POST" and request.path == "/resume":
+            self._resumed.set()
+            return 200, {"status": "resumed"}, {}
+        if request.method == "GET" and request.path == "/is_paused":
+            return 200, {"is_paused": not self._resumed.is_set()}, {}
+        if request.method == "POST" and request.path == "/collective_rpc":
+            return self._collective_rpc(request.json)
+        return None
+
+    def _collective_rpc(self, body: Any) -> tuple[int, Any, dict[str, str]]:
+        """vLLM's: `method` called on every worker (here one) with string args; `{"results": [...]}`."""
+        if self.worker is None:
+            return 400, {"detail": "this server has no model worker (start it with a model)"}, {}
+        if not isinstance(body, dict) or not body.get("method"):
+            return 400, {"detail": "Missing 'method' in request body"}, {}
+        method = getattr(self.worker, str(body["method"]), None)
+        if method is None:
+            return 500, {"error": f"the worker has no method {body['method']!r}"}, {}
+        try:
+            result = method(*body.get("args", []), **body.get("kwargs", {}))
+        except Exception as err:  # noqa: BLE001 - vLLM answers 500 with the worker's exception
+            log.exception("collective_rpc %s failed", body["method"])
+            return 500, {"error": f"{type(err).__name__}: {err}"}, {}
+        return 200, {"results": [result if result is None or isinstance(result, (dict, list)) else str(result)]}, {}
+
+    def _wait_resumed(self) -> bool:
+        """Hold a generation while the server is paused; False when the server stops meanwhile."""
+        while not self._resumed.wait(0.05):
+            if self._stopping.is_set():
+                return False
+        return True
+
+    # -- token-in-token-out -------------------------------------------------------------------------
+    def _complete(self, body: Any) -> tuple[int, Any, dict[str, str]]:
+        if not isinstance(body, dict) or body.get("prompt") is None:
+            return 400, _vllm_error(400, "the request body must be a JSON object with `prompt`"), {}
+        if body.get("model") not in (None, self.model):
+            return 404, _vllm_error(404, f"The model `{body['model']}` does not exist.", "NotFoundError", "model"), {}
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+            prompt = prompt[0]  # a batch of one
+        if isinstance(prompt, str):
+            prompt = self.generator.chat.encode(prompt) if self.generator is not None else ToyTokenizer().encode(prompt)
+        max_tokens = body.get("max_tokens", 16)  # the completions API's default, as vLLM's
+        if self.max_model_len is not None:
+            if error := context_length_error(self.max_model_len, len(prompt), max_tokens):
+                return 400, _vllm_error(400, error), {}
+        if self.generator is not None:
+            if not self._wait_resumed():
+                return 503, _vllm_error(503, "server shutting down", "ServiceUnavailableError"), {}
+            token_ids, logprobs, _ = self.generator.generate(prompt, max_tokens, temperature=body.get("temperature"))
+            stopped = bool(token_ids) and token_ids[-1] in self.generator.stop_ids
+            text = self.generator.chat.decode(token_ids)
+            return 200, self._completion_response(body, prompt, text, token_ids, logprobs,
+                                                  "stop" if stopped else "length"), {}
+        reply = self.responder({**body, "messages": parse_chat(prompt)})
+        reply = Reply(text=reply) if isinstance(reply, str) else reply
+        if reply.delay_s and self._stopping.wait(reply.delay_s):
+            return 503, _vllm_error(503, "server shutting down", "ServiceUnavailableError"), {}
+        if reply.status != 200:
+            error = reply.body if reply.body is not None else _vllm_error(
+                reply.status, reply.message or f"scripted error {reply.status}",
+                "BadRequestError" if reply.status < 500 else "InternalServerError")
+            return reply.status, error, reply.headers
+        text = assistant_text(reply.text, reply.tool_calls)
+        token_ids = [*encode(text), IM_END]
+        finish = reply.finish_reason or "stop"
+        if max_tokens is not None and len(token_ids) > max_tokens:
+            token_ids, finish = token_ids[:max_tokens], "length"
+            text = decode(token_ids)
+        logprobs = [toy_logprob(t, i) for i, t in enumerate(token_ids)] if reply.token_ids else None
+        return 200, self._completion_response(body, prompt, text, token_ids if reply.token_ids else None,
+                                              logprobs, finish), reply.headers
+
+    def _completion_response(self, body: dict[str, Any], prompt: list[int], text: str, token_ids: list[int] | None,
+                             logprobs: list[float] | None, finish_reason: str) -> dict[str, Any]:
+        """vLLM's `/v1/completions` answer: `token_ids`/`prompt_token_ids` with `return_token_ids`, and logprobs
+        whose tokens are spelled `token_id:N` with `return_tokens_as_token_ids`."""
+        choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
+                                  "stop_reason": None}
+        wants_ids = bool(body.get("return_token_ids")) and self.supports_return_token_ids
+        if token_ids is not None:
+            choice["token_ids"] = token_ids if wants_ids else None
+            choice["prompt_token_ids"] = prompt if wants_ids else None
+            if body.get("logprobs") is not None and logprobs is not None:
+                spell = bool(body.get("return_tokens_as_token_ids"))
+                tokens = [f"token_id:{t}" if spell else decode([t % 256]) for t in token_ids]
+                choice["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs,
+                                      "top_logprobs": [{tok: lp} for tok, lp in zip(tokens, logprobs)],
+                                      "text_offset": list(range(len(tokens)))}
+        completion = len(token_ids) if token_ids is not None else len(encode(text))
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": self.model, "choices": [choice],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": completion,
+                          "total_tokens": len(prompt) + completion}}
 
     def _models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{
@@ -255,6 +390,8 @@ class OpenAIServer:
         if self.reject_unknown_fields and unknown:
             return 400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
                                    "type": "invalid_request_error", "param": None, "code": None}}, {}
+        if self.generator is not None:
+            return self._chat_with_model(body)
         prompt_ids = render_chat(body["messages"], body.get("tools"))
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if self.max_model_len is not None:
@@ -272,6 +409,29 @@ class OpenAIServer:
                 "BadRequestError" if reply.status < 500 else "InternalServerError")
             return reply.status, error, reply.headers
         return 200, self._completion(body, prompt_ids, max_tokens, reply), reply.headers
+
+    def _chat_with_model(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """The chat API over the real model: its template renders the messages (as vLLM's server does)."""
+        chat = self.generator.chat
+        prompt = chat.encode(chat.render(body["messages"], body.get("tools"), generation_prompt=True))
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.max_model_len - len(prompt)
+        if error := context_length_error(self.max_model_len, len(prompt), max_tokens):
+            return 400, _vllm_error(400, error), {}
+        if not self._wait_resumed():
+            return 503, _vllm_error(503, "server shutting down", "ServiceUnavailableError"), {}
+        token_ids, logprobs, _ = self.generator.generate(prompt, max_tokens, temperature=body.get("temperature"))
+        stopped = bool(token_ids) and token_ids[-1] in self.generator.stop_ids
+        wants_ids = bool(body.get("return_token_ids"))
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": chat.decode(token_ids)},
+                                  "logprobs": None, "finish_reason": "stop" if stopped else "length",
+                                  "token_ids": token_ids if wants_ids else None}
+        if body.get("logprobs"):
+            choice["logprobs"] = {"content": [{"token": f"token_id:{t}", "logprob": lp, "bytes": None,
+                                               "top_logprobs": []} for t, lp in zip(token_ids, logprobs)]}
+        return 200, {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                     "model": self.model, "choices": [choice], "prompt_token_ids": prompt if wants_ids else None,
+                     "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(token_ids),
+                               "total_tokens": len(prompt) + len(token_ids)}}, {}
 
     def _completion(self, body: dict[str, Any], prompt_ids: list[int], max_tokens: int | None,
                     reply: Reply) -> dict[str, Any]:
@@ -373,3 +533,83 @@ def _handler_for(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+# -- the model's worker (what vLLM's GPU worker is to its extension) ------------------------------
+class _LoadableModel:
+    """vLLM's model interface the worker extension uses, over a transformers model: `load_weights`, `state_dict`."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def load_weights(self, weights: Any) -> set[str]:
+        pairs = list(weights)
+        self.generator.update_weights(pairs, self.generator.policy_version + 1)  # between two generations
+        return {name for name, _ in pairs}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.generator.lm.state_dict()
+
+
+class ServerWorker:
+    """The test server's one worker: rank 0, on the model's device, its model behind `model_runner.model`."""
+
+    def __init__(self, generator: Any) -> None:
+        import torch
+
+        self.model_runner = type("ModelRunner", (), {})()
+        self.model_runner.model = _LoadableModel(generator)
+        self.device = torch.device(generator.device)
+        self.rank = 0
+
+
+def _make_worker(generator: Any, extension: str | type | None) -> Any:
+    """The worker with the extension mixed in, as vLLM does with `--worker-extension-cls`."""
+    if extension is None:
+        return ServerWorker(generator)
+    if isinstance(extension, str):
+        import importlib
+
+        module, _, name = extension.replace(":", ".").rpartition(".")
+        extension = getattr(importlib.import_module(module), name)
+    return type("ExtendedWorker", (ServerWorker, extension), {})(generator)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m forager.testing.openai_server --model DIR --port P ...`: the real-model server as a process, taking
+    the flags of `vllm serve` that matter here (others, such as --tensor-parallel-size, are accepted and ignored)."""
+    import argparse
+    import signal
+
+    from forager.policies.hf import HFPolicy
+
+    parser = argparse.ArgumentParser(prog="python -m forager.testing.openai_server")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--served-model-name", default=None)
+    parser.add_argument("--worker-extension-cls", default=None)
+    parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=None)
+    args, ignored = parser.parse_known_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    generator = HFPolicy(args.model, seed=args.seed, temperature=args.temperature, max_context=args.max_model_len)
+    dev_mode = os.environ.get("VLLM_SERVER_DEV_MODE", "1") not in ("0", "")
+    server = OpenAIServer(model=args.served_model_name or args.model, generator=generator, port=args.port,
+                          worker_extension=args.worker_extension_cls, dev_mode=dev_mode, host=args.host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        print(f"serving {args.model} on {server.base_url} (ignored: {' '.join(ignored) or 'nothing'})", flush=True)
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

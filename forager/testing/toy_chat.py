@@ -73,3 +73,51 @@ def render_chat(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, An
     if add_generation_prompt:
         ids += [IM_START, *encode("assistant\n")]
     return ids
+
+
+def parse_chat(token_ids: Sequence[int]) -> list[dict[str, str]]:
+    """The messages a prompt rendered by `render_chat` holds (the generation prompt left out): what a scripted
+    responder sees of a token-in request."""
+    messages, current = [], None
+    for token_id in token_ids:
+        if token_id == IM_START:
+            current = []
+        elif token_id == IM_END and current is not None:
+            role, _, content = decode(current).partition("\n")
+            messages.append({"role": role, "content": content})
+            current = None
+        elif current is not None:
+            current.append(token_id)
+    return [m for m in messages if m["role"] != "tools"]
+
+
+class ToyTokenizer:
+    """The toy model's tokenizer with the transformers methods `forager.policies.chat_tokens.ChatTokens` uses, so a
+    client's token-in-token-out path runs against the test server exactly as against vLLM with a real model."""
+
+    chat_template = "toy ChatML (forager.testing.toy_chat.render_chat)"
+    eos_token_id = IM_END
+    name_or_path = "toy-model"
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None,
+                            tokenize: bool = False, add_generation_prompt: bool = False) -> Any:
+        ids = render_chat(messages, tools, add_generation_prompt=add_generation_prompt)
+        return ids if tokenize else decode(ids)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Bytes, with the special tokens' spellings read as their ids (as a real tokenizer reads them)."""
+        ids: list[int] = []
+        rest = text
+        while rest:
+            found = [(rest.find(spelling), token_id, spelling) for token_id, spelling in SPECIAL_TOKENS.items()]
+            found = [f for f in found if f[0] >= 0]
+            if not found:
+                ids += encode(rest)
+                break
+            at, token_id, spelling = min(found)
+            ids += [*encode(rest[:at]), token_id]
+            rest = rest[at + len(spelling):]
+        return ids
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return decode([t for t in token_ids if not (skip_special_tokens and t in SPECIAL_TOKENS)])

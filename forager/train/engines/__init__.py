@@ -8,7 +8,10 @@ weights and each of its assistant turns records the version that sampled it.
 - `hf` (`engines.hf.HFEngine`): the `hf` policy in this process; the learner hands it tensors directly.
 - `remote` (`engines.remote.RemoteEngine`): the same sampler in a child process, fed by
   `train.sync.WeightBroadcaster` over `torch.distributed` (gloo on the CPU, NCCL on GPUs): the transfer
-  path a cluster uses, where vLLM will stand behind the same seam.
+  path a cluster uses;
+- `vllm` (`engines.vllm.VLLMEngine`): vLLM servers (started here or already running) sampled token-in-token-out
+  through `/v1/completions`, updated in flight by the same broadcast into a worker extension (`vllm_worker`),
+  or from disk, or by CUDA IPC when colocated.
 
 Backends are imported only when built, so importing this package needs no torch.
 """
@@ -24,6 +27,7 @@ from forager.loading import load_named
 ENGINES = {
     "hf": "forager.train.engines.hf:HFEngine",
     "remote": "forager.train.engines.remote:RemoteEngine",
+    "vllm": "forager.train.engines.vllm:VLLMEngine",
 }
 
 NamedTensors = Mapping[str, Any] | Iterable[tuple[str, Any]]
