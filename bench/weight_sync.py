@@ -1,6 +1,6 @@
 """Weight-sync time: the learner's weights into a sampler process over gloo, and into an in-process engine.
 
-    python bench/weight_sync.py [--models tiny smollm2-135m-instruct] [--syncs 3] [--bucket-mb 64]
+    python bench/weight_sync.py [--models tiny smollm2-135m-instruct] [--syncs 3] [--bucket-mb 4 16 64 256]
 
 For each model: this process holds the weights (as the learner would) and a `RemoteEngine` runs the
 sampler in a child process; each sync broadcasts every weight in flat buckets (`train.sync`) and returns
@@ -9,7 +9,10 @@ unpacking and the copy into the sampler's model. Each sync sends new values (a d
 sampler's per-tensor checksums are compared with the learner's after the last one. Sent as float32
 (the engines' CPU dtype) and as bfloat16 (what a GPU learner sends). The in-process `HFEngine` copy is
 timed too. `smollm2-135m-instruct` is converted from its GGUF on first use (see forager.policies.models).
-Reported per model and dtype: MB per sync, seconds per sync (median), of which transfer, and MB/s.
+Reported per model, dtype and bucket size: MB per sync, buckets, seconds per sync (median), of which
+transfer, and MB/s. Then the vLLM engine's own path (`engines.vllm.VLLMEngine`) into a server process that
+serves the model over HTTP (`forager.testing.openai_server`, the worker extension mixed in as vLLM mixes it):
+pause, `/collective_rpc forager_receive`, the same gloo broadcast, vLLM's `load_weights` interface, resume.
 Last line: one JSON object.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -75,11 +79,32 @@ def bench_in_process(path: str, state: dict[str, torch.Tensor], syncs: int) -> d
     return {"seconds": round(statistics.median(times), 4)}
 
 
+def bench_vllm_engine(path: str, state: dict[str, torch.Tensor], syncs: int, bucket_mb: int) -> dict[str, float]:
+    """The vLLM engine's update path end to end, into a test-server process holding the model in float32."""
+    from forager.train.engines.vllm import EXTENSION, VLLMEngine
+
+    command = [sys.executable, "-m", "forager.testing.openai_server", "--model", "{model}", "--port", "{port}",
+               "--served-model-name", "{served_model_name}", "--worker-extension-cls", EXTENSION, "--threads", "1"]
+    with VLLMEngine(path, server_command=command, bucket_bytes=bucket_mb * 2**20, sync="gloo",
+                    start_timeout_s=600) as engine:
+        times = []
+        for version in range(1, syncs + 1):
+            weights = new_weights(state, version, torch.float32)
+            started = time.monotonic()
+            engine.update_weights(weights, version)
+            times.append(time.monotonic() - started)
+        if engine.checksums() != tensor_checksums(weights):
+            raise SystemExit("the server's weights differ from the learner's")
+        sent = engine.last_sync.bytes
+    seconds = statistics.median(times)
+    return {"mb": round(sent / 1e6, 1), "seconds": round(seconds, 3), "mb_per_s": round(sent / 1e6 / seconds, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["tiny", "smollm2-135m-instruct"])
     parser.add_argument("--syncs", type=int, default=3)
-    parser.add_argument("--bucket-mb", type=int, default=64)
+    parser.add_argument("--bucket-mb", type=int, nargs="+", default=[4, 16, 64, 256])
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
@@ -90,10 +115,15 @@ def main() -> None:
         row = {"parameters": params, "in_process": bench_in_process(path, state, args.syncs)}
         for dtype in (torch.float32, torch.bfloat16):
             label = str(dtype).removeprefix("torch.")
-            row[f"gloo_{label}"] = figures = bench_remote(path, state, args.syncs, args.bucket_mb, dtype)
-            print(f"{name} ({params / 1e6:.1f}M) {label}: {figures['mb']} MB in {figures['buckets']} buckets, "
-                  f"{figures['seconds']} s per sync ({figures['transfer_s']} s transfer), {figures['mb_per_s']} MB/s",
-                  flush=True)
+            for bucket_mb in args.bucket_mb:
+                row[f"gloo_{label}_{bucket_mb}mb"] = figures = bench_remote(path, state, args.syncs, bucket_mb, dtype)
+                print(f"{name} ({params / 1e6:.1f}M) {label}, {bucket_mb} MiB buckets: {figures['mb']} MB in "
+                      f"{figures['buckets']} buckets, {figures['seconds']} s per sync ({figures['transfer_s']} s "
+                      f"transfer), {figures['mb_per_s']} MB/s", flush=True)
+        bucket = 64 if 64 in args.bucket_mb else args.bucket_mb[0]
+        row["vllm_engine_float32"] = figures = bench_vllm_engine(path, state, args.syncs, bucket)
+        print(f"{name}: vLLM engine path (HTTP + worker extension + gloo, {bucket} MiB buckets): {figures['mb']} MB, "
+              f"{figures['seconds']} s per sync, {figures['mb_per_s']} MB/s", flush=True)
         print(f"{name}: in-process update {row['in_process']['seconds']} s", flush=True)
         results[name] = row
     print(json.dumps({"bucket_mb": args.bucket_mb, "syncs": args.syncs, "results": results}))

@@ -190,3 +190,36 @@ def test_the_cwm_32b_layout_fits_its_gpus():
 def test_the_default_config_plans_as_one_device():
     plan = plan_from_config(load_train_config())
     assert plan.gpus == 1 and plan.architecture.name == "SmolLM2-135M"
+
+
+def test_the_layout_chooser_takes_the_fewest_gpus_that_fit() -> None:
+    from forager.train.plan import GIB, choose_layout, choose_samplers, plan_memory
+
+    layout = choose_layout("Qwen3-32B", gpu_memory_gib=80, microbatch_tokens=131_072, episode_tokens=32_768,
+                           episodes_in_flight=256)
+    learner = layout.learner
+    assert learner.fits(80) and learner.gpus % 8 == 0
+    for sp in (1, 2, 4, 8):  # one node fewer does not fit at any sequence parallelism
+        smaller = plan_memory("Qwen3-32B", gpus=learner.gpus - 8, microbatch_tokens=131_072, sequence_parallel=sp)
+        assert not smaller.fits(80)
+    samplers = layout.samplers
+    assert samplers.engines * samplers.episodes_per_engine >= 256
+    assert samplers.kv_gib_per_gpu > 0 and samplers.weights_gib_per_gpu * samplers.tensor_parallel * GIB > 60 * GIB
+    for tp in (1, 2, 4, 8):  # every other tensor parallel size needs at least as many GPUs
+        assert samplers.gpus <= _sampler_gpus(tp)
+    assert layout.gpus == learner.gpus + samplers.gpus
+    assert "total:" in layout.render(80)
+    worst = choose_samplers("Qwen3-32B", gpu_memory_gib=80, episode_tokens=131_072, episodes_in_flight=256)
+    assert worst.gpus > samplers.gpus  # full-context episodes hold more KV cache
+
+
+def _sampler_gpus(tp: int) -> float:
+    import math
+
+    from forager.train.plan import GIB, load_architecture
+
+    arch = load_architecture("Qwen3-32B")
+    free = 80 * 0.9 * GIB - arch.params() * 2 / tp - 2 * GIB
+    per_episode = 2 * arch.num_layers * arch.num_kv_heads * arch.head_size * 2 * 32_768
+    episodes = math.floor(free * tp / per_episode) if free > 0 else 0
+    return tp * math.ceil(256 / episodes) if episodes else math.inf

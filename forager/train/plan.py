@@ -290,3 +290,100 @@ def plan_from_config(config: TrainConfig, reserve_gib: float = DEFAULT_RESERVE_G
         precision=precision, activation_checkpointing=fsdp.activation_checkpointing, cpu_offload=fsdp.cpu_offload,
         sequence_parallel=config.learner.sequence_parallel, reserve_gib=reserve_gib,
     )
+
+
+# -- choosing a layout: how many GPUs the learner and the samplers need --------------------------------
+@dataclass(frozen=True)
+class SamplerPlan:
+    """vLLM engines for the rollout: tensor parallel size, engines, and what one GPU holds."""
+
+    tensor_parallel: int
+    engines: int
+    weights_gib_per_gpu: float
+    kv_gib_per_gpu: float
+    episodes_per_engine: int
+    """Episodes of `episode_tokens` whose KV cache one engine holds at once."""
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel * self.engines
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A whole run's GPUs: the learner's (FSDP2, sequence parallel) and the samplers'."""
+
+    learner: MemoryPlan
+    samplers: SamplerPlan
+
+    @property
+    def gpus(self) -> int:
+        return self.learner.gpus + self.samplers.gpus
+
+    def render(self, gpu_memory_gib: float) -> str:
+        s = self.samplers
+        return "\n".join([
+            self.learner.render(gpu_memory_gib),
+            f"samplers: {s.engines} vLLM engine(s) x tensor parallel {s.tensor_parallel} = {s.gpus} GPUs; per GPU "
+            f"{s.weights_gib_per_gpu:.1f} GiB of bf16 weights and {s.kv_gib_per_gpu:.1f} GiB of KV cache, "
+            f"{s.episodes_per_engine} full episodes per engine",
+            f"total: {self.gpus} GPUs ({self.learner.gpus} learner + {s.gpus} samplers)"])
+
+
+def choose_learner(architecture: Architecture | str | Path, *, gpu_memory_gib: float, microbatch_tokens: int,
+                   precision: Precision | None = None, activation_checkpointing: bool = True,
+                   gpus_per_node: int = 8, max_gpus: int = 1024,
+                   reserve_gib: float = DEFAULT_RESERVE_GIB) -> MemoryPlan:
+    """The fewest learner GPUs (whole nodes past one node) and, for those, the least sequence parallelism
+    (within a node, where Ulysses' all-to-all is fast) at which one microbatch of `microbatch_tokens` fits."""
+    counts = [n for n in (1, 2, 4) if n < gpus_per_node] + list(range(gpus_per_node, max_gpus + 1, gpus_per_node))
+    for gpus in counts:
+        for sp in (1, 2, 4, 8, 16):
+            if sp > min(gpus, gpus_per_node) or gpus % sp:
+                continue
+            plan = plan_memory(architecture, gpus=gpus, microbatch_tokens=microbatch_tokens, precision=precision,
+                               activation_checkpointing=activation_checkpointing, sequence_parallel=sp,
+                               reserve_gib=reserve_gib)
+            if plan.fits(gpu_memory_gib):
+                return plan
+    raise PlanError(f"no layout of up to {max_gpus} GPUs of {gpu_memory_gib:g} GiB fits a microbatch of "
+                    f"{microbatch_tokens:,} tokens: lower learner.microbatch_tokens or turn on fsdp.cpu_offload")
+
+
+def choose_samplers(architecture: Architecture | str | Path, *, gpu_memory_gib: float, episode_tokens: int,
+                    episodes_in_flight: int, gpu_memory_utilization: float = 0.9, weight_bytes: int = 2,
+                    kv_bytes: int = 2, overhead_gib: float = 2.0, gpus_per_node: int = 8) -> SamplerPlan:
+    """The tensor parallel size and engine count that hold `episodes_in_flight` episodes of `episode_tokens` (their
+    KV cache, beside each GPU's share of the weights) on the fewest GPUs.
+
+    KV cache per token: 2 (k and v) x layers x kv heads x head size x `kv_bytes`; `overhead_gib` per GPU is vLLM's
+    activations and CUDA graphs. Episodes rarely use the whole context, so `episode_tokens` at the context length
+    is the worst case."""
+    arch = architecture if isinstance(architecture, Architecture) else load_architecture(architecture)
+    weights = arch.params() * weight_bytes
+    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_size * kv_bytes
+    best: SamplerPlan | None = None
+    for tp in (1, 2, 4, 8, 16):
+        if tp > gpus_per_node or (arch.num_kv_heads % tp and tp % arch.num_kv_heads):
+            continue
+        free = gpu_memory_gib * gpu_memory_utilization * GIB - weights / tp - overhead_gib * GIB
+        episodes = math.floor(free * tp / (kv_per_token * episode_tokens)) if free > 0 else 0
+        if episodes < 1:
+            continue
+        plan = SamplerPlan(tp, math.ceil(episodes_in_flight / episodes), weights / tp / GIB, free / GIB, episodes)
+        if best is None or plan.gpus < best.gpus:  # the fewest GPUs in all; a tie keeps the smaller engines
+            best = plan
+    if best is None:
+        raise PlanError(f"{arch.name} does not fit one {episode_tokens:,}-token episode on {gpus_per_node} GPUs of "
+                        f"{gpu_memory_gib:g} GiB")
+    return best
+
+
+def choose_layout(architecture: Architecture | str | Path, *, gpu_memory_gib: float, microbatch_tokens: int,
+                  episode_tokens: int, episodes_in_flight: int, **learner_options: Any) -> Layout:
+    """`choose_learner` and `choose_samplers` together: the GPUs a run of this model and these budgets needs."""
+    arch = architecture if isinstance(architecture, Architecture) else load_architecture(architecture)
+    return Layout(choose_learner(arch, gpu_memory_gib=gpu_memory_gib, microbatch_tokens=microbatch_tokens,
+                                 **learner_options),
+                  choose_samplers(arch, gpu_memory_gib=gpu_memory_gib, episode_tokens=episode_tokens,
+                                  episodes_in_flight=episodes_in_flight))
