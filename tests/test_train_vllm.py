@@ -10,6 +10,9 @@ backed by the tiny transformers model, with the engine's worker extension mixed 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 import time
 import warnings
@@ -206,3 +209,63 @@ def test_the_vllm_command_and_the_engine_by_name(tiny: Path) -> None:
     if importlib.util.find_spec("vllm") is None:  # as here: starting servers says how to get vLLM
         with pytest.raises(EngineError, match=r"pip install 'forager\[vllm\]'"):
             make_engine("vllm", str(tiny))
+
+
+# -- the trainer with rollout.backend vllm ------------------------------------------------------------
+def server_pids() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "forager.testing.openai_server"], capture_output=True, text=True)
+    return {int(pid) for pid in found.stdout.split()}
+
+
+def test_training_samples_from_servers_it_starts_and_updates_them_between_steps(tmp_path: Path) -> None:
+    """`forager train` with rollout.backend=vllm on the learning demo (its tiny model resolves the demo task now and
+    then, so groups carry signal): the trainer starts the server, the episodes go through /v1/completions with
+    the exact ids, each step's new weights reach the server by broadcast before the next episodes sample
+    (synchronous mode), and the server is gone when the run ends. (Sampling is seeded and sequential, so the
+    run is the same every time: with seed 0 the third step is the first whose group has a resolved member.)"""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    before = server_pids()
+    args = [sys.executable, "-m", "forager", "train", "--config", str(root / "configs/train/cpu-demo.yaml"),
+            "--out", str(out), "learner.steps=3", "rollout.group_size=4", "rollout.concurrency=1",
+            "rollout.max_buffered_groups=1", "learner.tokens_per_batch=2048", "learner.microbatch_tokens=2048", "sync.max_staleness=0",
+            "rollout.backend=vllm", f"rollout.server_command={json.dumps(SERVER)}", "sync.method=gloo"]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=400, env=env, cwd=root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from forager.train.metrics import read_metrics
+    from forager.trajectories.store import read_trajectories
+
+    lines = read_metrics(out)
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    updates = [0, *(int(sum(not line["learner/skipped"] for line in lines[:k])) for k in (1, 2))]
+    trajectories = list(read_trajectories([out / "trajectories.jsonl"]))
+    turns = [m for t in trajectories for m in t.messages if m.role == "assistant"]
+    assert turns and all(m.token_ids and m.logprobs for m in turns)  # token-in-token-out: every turn trainable
+    # synchronous: step k trained on episodes sampled after the updates of the steps before it, and only those
+    assert {m.policy_version for m in turns} == set(updates), (updates, lines)
+    for line in lines:  # every step that changed the weights sent them to the server, and only those
+        assert (line["time/sync_s"] > 0) == (not line["learner/skipped"]), line
+    assert not lines[-1]["learner/skipped"], "this seed's last step carries no signal: pick another seed"
+    assert server_pids() <= before  # the run stopped the server it started
+
+
+def test_servers_placed_by_ray_run_in_actors_that_hold_them(tiny: Path) -> None:
+    """`placement="ray"` (what a learner rank on Ray gets): each server starts inside a Ray actor on whichever node
+    has room, listens on that node's address, takes updates through the same group, and goes with its actor."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with VLLMEngine(str(tiny), server_command=[*SERVER, "--host", "{host}"], placement="ray", max_tokens=4,
+                        start_timeout_s=180) as engine:
+            assert len(engine.actors) == 1 and not engine.processes
+            url = engine.base_urls[0]
+            assert not url.startswith("http://127.0.0.1:") or ray.util.get_node_ip_address() == "127.0.0.1"
+            assert engine.act([SYSTEM, USER]).trainable
+            weights = shifted(tiny, 0.03)
+            engine.update_weights(weights, 1)
+            assert engine.checksums() == tensor_checksums(weights)
+        with pytest.raises(httpx.TransportError):  # the server went with its actor
+            httpx.get(url.removesuffix("/v1") + "/health", timeout=5)
+    finally:
+        ray.shutdown()

@@ -52,14 +52,14 @@ LOG_TAIL_CHARS = 3000
 SyncMethod = Literal["auto", "nccl", "gloo", "disk", "ipc"]
 
 
-def vllm_serve_command(model: str, port: int, *, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.9,
+def vllm_serve_command(model: str, port: int | str, *, tensor_parallel: int = 1, gpu_memory_utilization: float = 0.9,
                        max_model_len: int | None = None, seed: int = 0, served_model_name: str = SERVED_NAME,
                        host: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> list[str]:
     """The `vllm serve` command line of one sampler (vLLM's console script, through this Python)."""
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
                "--port", str(port), "--served-model-name", served_model_name, "--tensor-parallel-size",
                str(tensor_parallel), "--gpu-memory-utilization", str(gpu_memory_utilization), "--seed", str(seed),
-               "--worker-extension-cls", EXTENSION, "--enable-prefix-caching", "--disable-log-requests"]
+               "--worker-extension-cls", EXTENSION, "--enable-prefix-caching"]
     if max_model_len:
         command += ["--max-model-len", str(max_model_len)]
     return [*command, *extra_args]
@@ -101,6 +101,35 @@ class ServerProcess:
             Path(self.log.name).unlink(missing_ok=True)  # kept after a failure: the error names it
 
 
+class ServerActor:
+    """A Ray actor holding one server's GPUs: it starts the server on its node (listening on the node's address),
+    reports when it exited, and stops it; the server's process group goes with the actor."""
+
+    def __init__(self) -> None:
+        self.server: ServerProcess | None = None
+
+    def start(self, command: list[str], extra: list[str], env: dict[str, str], port: int) -> str:
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        port = _free_port(port, host="0.0.0.0")
+        url = f"http://{host}:{port}/v1"
+        final = [part.format(port=port, host="0.0.0.0") for part in command] + extra
+        self.server = ServerProcess(final, url, {**os.environ, **env})  # CUDA_VISIBLE_DEVICES: Ray's, for this actor
+        return url
+
+    def poll(self) -> str | None:
+        try:
+            self.server.check_alive() if self.server is not None else None
+        except EngineError as err:
+            return str(err)
+        return None
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
 class VLLMEngine:
     """Sampling servers the learner updates in place; see the module docstring."""
 
@@ -112,13 +141,17 @@ class VLLMEngine:
                  sync_dir: str | None = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES, policy_version: int = 0,
                  served_model_name: str = SERVED_NAME, tokenizer: str | None = None,
                  server_command: Sequence[str] | None = None, server_args: Sequence[str] = (),
+                 placement: Literal["auto", "local", "ray"] = "auto",
                  start_timeout_s: float = 1800.0, request_timeout_s: float = 600.0, sync_timeout_s: float = 1800.0,
                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, max_tokens: int | None = None,
                  max_retries: int = 4) -> None:
         """`model`: what the servers serve (a directory or hub id; its tokenizer renders the prompts); `base_urls`:
         servers already running (`http://host:8000/v1`), else `engines` are started here. `server_command`: a
         command template instead of `vllm serve` ({model}, {port}, {served_model_name}, {max_model_len}, {seed}),
-        for another server with the same endpoints (the tests use `forager.testing.openai_server`)."""
+        for another server with the same endpoints (the tests use `forager.testing.openai_server`; {host} is the
+        address to listen on). `placement`: `ray` starts each server in a Ray actor holding `tensor_parallel` GPUs
+        wherever the cluster has them (listening on its node's address); `auto` does so when this process runs
+        inside Ray (a learner rank of `forager.train.ray_learner`), else starts them here."""
         from forager.policies.openai import OpenAIPolicy
 
         self.model, self.served_model_name = str(model), served_model_name
@@ -126,6 +159,8 @@ class VLLMEngine:
         self.closed = False
         self.last_sync: SyncStats | None = None
         self.processes: list[ServerProcess] = []
+        self.actors: list[Any] = []
+        self.placement = _placement(placement)
         self.sync_method = _sync_method(sync)
         self.sync_host, self.bucket_bytes, self.sync_timeout_s = sync_host, bucket_bytes, sync_timeout_s
         self.sync_dir = Path(sync_dir) if sync_dir else None
@@ -197,6 +232,15 @@ class VLLMEngine:
             policy.close()
         with ThreadPoolExecutor(max(1, len(self.processes))) as pool:
             list(pool.map(lambda server: server.stop(), self.processes))
+        if self.actors:
+            import ray
+
+            for actor in self.actors:
+                try:
+                    ray.get(actor.stop.remote(), timeout=60)
+                except Exception:  # noqa: BLE001 - a dead actor took its server with it (the process group)
+                    pass
+                ray.kill(actor)
         self._http.close()
 
     def describe(self) -> dict[str, Any]:
@@ -225,37 +269,57 @@ class VLLMEngine:
             raise EngineError("rollout.backend vllm starts vLLM servers, and vLLM is not installed here: "
                               "pip install 'forager[vllm]', or give rollout.servers of servers running elsewhere")
         devices = list(gpus) if gpus is not None else _visible_gpus()
-        if template is None and len(devices) < engines * tensor_parallel:
+        if self.placement == "ray":
+            devices = [0] if template is None else []  # Ray gives each actor its GPUs: ask for them, not ids
+        elif template is None and len(devices) < engines * tensor_parallel:
             raise EngineError(f"{engines} vLLM engines of tensor parallel {tensor_parallel} need "
                               f"{engines * tensor_parallel} GPUs; this machine shows {len(devices)}. Lower "
                               "rollout.engines/tensor_parallel, or give rollout.servers of servers running elsewhere")
         urls = []
         for index in range(engines):
-            server_port = _free_port(port + index)
-            url = f"http://127.0.0.1:{server_port}/v1"
             if template is None:
-                command = vllm_serve_command(self.model, server_port, tensor_parallel=tensor_parallel,
+                command = vllm_serve_command(_braced(self.model), "{port}", tensor_parallel=tensor_parallel,
                                              gpu_memory_utilization=memory, max_model_len=max_context,
-                                             seed=seed + index, served_model_name=self.served_model_name,
-                                             extra_args=extra)
+                                             seed=seed + index, served_model_name=_braced(self.served_model_name),
+                                             host="{host}")
             else:
-                fields = {"model": self.model, "port": server_port, "served_model_name": self.served_model_name,
+                fields = {"model": self.model, "served_model_name": self.served_model_name,
                           "max_model_len": max_context or "", "seed": seed + index}
-                command = [part.format(**fields) for part in template] + list(extra)
-            env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "TORCH_CPP_LOG_LEVEL": "ERROR",
+                command = [part.format(**fields, port="{port}", host="{host}") for part in template]
+            env = {"VLLM_SERVER_DEV_MODE": "1", "TORCH_CPP_LOG_LEVEL": "ERROR",
                    "PYTHONPATH": os.pathsep.join(p for p in (_source_root(), os.environ.get("PYTHONPATH")) if p)}
+            if self.placement == "ray":
+                urls.append(self._start_actor(command, list(extra), env, port + index, tensor_parallel if devices else 0))
+                continue
             if devices:
                 mine = devices[index * tensor_parallel:(index + 1) * tensor_parallel]
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, mine))
-            self.processes.append(ServerProcess(command, url, env))
+            server_port = _free_port(port + index)
+            url = f"http://127.0.0.1:{server_port}/v1"
+            final = [part.format(port=server_port, host="127.0.0.1") for part in command] + list(extra)
+            self.processes.append(ServerProcess(final, url, {**os.environ, **env}))
             urls.append(url)
         return urls
+
+    def _start_actor(self, command: list[str], extra: list[str], env: dict[str, str], port: int, gpus: int) -> str:
+        """One server in a Ray actor that holds its GPUs, on whichever node has them; its URL."""
+        import ray
+
+        actor = ray.remote(num_cpus=1, num_gpus=gpus)(ServerActor).remote()
+        self.actors.append(actor)
+        try:
+            return ray.get(actor.start.remote(command, extra, env, port), timeout=600)
+        except Exception as err:  # noqa: BLE001 - Ray's errors name the actor; ours say what to do
+            raise EngineError(f"a vLLM server could not start on the Ray cluster ({type(err).__name__}: {err}); "
+                              f"it asked for {gpus} GPU(s) and 1 CPU") from err
 
     def _wait_ready(self, timeout_s: float) -> None:
         """Every server answers `/health`; a started one that exits, or any that stays silent, is an EngineError."""
         deadline = time.monotonic() + timeout_s
         waiting = list(self.base_urls)
         while waiting:
+            if self.actors:
+                self._check_alive()
             for url in list(waiting):
                 process = next((p for p in self.processes if p.base_url == url), None)
                 if process is not None:
@@ -428,6 +492,16 @@ class VLLMEngine:
     def _check_alive(self) -> None:
         for process in self.processes:
             process.check_alive()
+        if self.actors:
+            import ray
+
+            for actor in self.actors:
+                try:
+                    problem = ray.get(actor.poll.remote(), timeout=30)
+                except Exception as err:  # noqa: BLE001 - the actor or its node died
+                    raise EngineError(f"a vLLM server's Ray actor died ({type(err).__name__}: {err})") from err
+                if problem:
+                    raise EngineError(problem)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -452,6 +526,24 @@ def _sync_method(method: str) -> str:
     if method not in ("nccl", "gloo", "disk", "ipc"):
         raise EngineError(f"unknown weight sync method {method!r}: use auto, nccl, gloo, disk or ipc")
     return method
+
+
+def _braced(text: str) -> str:
+    """`text` inside a command template: its own braces are not fields."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _placement(placement: str) -> str:
+    if placement == "auto":
+        try:
+            import ray
+
+            return "ray" if ray.is_initialized() else "local"
+        except ImportError:
+            return "local"
+    if placement not in ("local", "ray"):
+        raise EngineError(f"unknown server placement {placement!r}: use auto, local or ray")
+    return placement
 
 
 def _normalize(url: str) -> str:
@@ -481,14 +573,14 @@ def _has_vllm() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _free_port(preferred: int) -> int:
+def _free_port(preferred: int, host: str = "127.0.0.1") -> int:
     """`preferred` if nothing listens there, else any free port."""
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", preferred))
+            probe.bind((host, preferred))
             return preferred
         except OSError:
-            probe.bind(("127.0.0.1", 0))
+            probe.bind((host, 0))
             return probe.getsockname()[1]
 
 
@@ -497,4 +589,4 @@ def _source_root() -> str:
     return str(Path(__file__).resolve().parents[3])
 
 
-__all__ = ["EXTENSION", "ServerProcess", "VLLMEngine", "vllm_serve_command"]
+__all__ = ["EXTENSION", "ServerActor", "ServerProcess", "VLLMEngine", "vllm_serve_command"]
