@@ -137,7 +137,7 @@ class VLLMEngine:
 
     def __init__(self, model: str, *, base_urls: Sequence[str] = (), engines: int = 1, tensor_parallel: int = 1,
                  gpu_memory_utilization: float = 0.9, max_context: int | None = None, port: int = 8000,
-                 gpus: Sequence[int] | None = None, sync: SyncMethod = "auto", sync_host: str = "127.0.0.1",
+                 gpus: Sequence[int] | None = None, sync: SyncMethod = "auto", sync_host: str | None = None,
                  sync_dir: str | None = None, bucket_bytes: int = DEFAULT_BUCKET_BYTES, policy_version: int = 0,
                  served_model_name: str = SERVED_NAME, tokenizer: str | None = None,
                  server_command: Sequence[str] | None = None, server_args: Sequence[str] = (),
@@ -162,7 +162,8 @@ class VLLMEngine:
         self.actors: list[Any] = []
         self.placement = _placement(placement)
         self.sync_method = _sync_method(sync)
-        self.sync_host, self.bucket_bytes, self.sync_timeout_s = sync_host, bucket_bytes, sync_timeout_s
+        self.bucket_bytes, self.sync_timeout_s = bucket_bytes, sync_timeout_s
+        self._sync_host = sync_host
         self.sync_dir = Path(sync_dir) if sync_dir else None
         self._broadcaster: WeightBroadcaster | None = None
         self._pause_supported = True
@@ -395,6 +396,23 @@ class VLLMEngine:
                 future.result()
         self._broadcaster = broadcaster
         return broadcaster
+
+    @property
+    def sync_host(self) -> str:
+        """Where the servers' workers reach this process's weight group: the address given, else loopback when every
+        server is on this machine's loopback, else this node's address (Ray's, or the host name's)."""
+        if self._sync_host:
+            return self._sync_host
+        if all(httpx.URL(url).host in ("127.0.0.1", "localhost") for url in self.base_urls):
+            return "127.0.0.1"
+        try:
+            import ray
+
+            if ray.is_initialized():
+                return ray.util.get_node_ip_address()
+        except ImportError:
+            pass
+        return socket.gethostbyname(socket.gethostname())
 
     @staticmethod
     def _raise_failed(futures: list[Any]) -> None:
