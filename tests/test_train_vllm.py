@@ -154,6 +154,13 @@ def test_the_disk_fallback_loads_the_same_weights(engine: VLLMEngine, tiny: Path
     assert not list(tmp_path.iterdir())  # the file is gone once every server loaded it
     engine.update_weights(shifted(tiny, 0.0), engine.version + 1)  # and the group still works after it
     assert engine.checksums(0) == tensor_checksums(shifted(tiny, 0.0))
+    engine.sync_method, held = "ipc", engine.version  # CUDA IPC is for GPU tensors: a clear error, nothing changed
+    try:
+        with pytest.raises(EngineError, match="CUDA IPC shares GPU tensors only"):
+            engine.update_weights(shifted(tiny, 0.5), held + 1)
+    finally:
+        engine.sync_method = "gloo"
+    assert engine.version == held and engine.checksums(0) == tensor_checksums(shifted(tiny, 0.0))
 
 
 def test_a_server_left_at_another_version_is_refused(engine: VLLMEngine) -> None:

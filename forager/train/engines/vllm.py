@@ -449,7 +449,9 @@ class VLLMEngine:
     def _sync_by_ipc(self, weights: NamedTensors, version: int) -> None:
         from forager.train.engines.vllm_worker import ipc_payload
 
-        pairs = list(weights.items() if hasattr(weights, "items") else weights)
+        # contiguous copies held here until every server has mapped and loaded them
+        pairs = [(name, tensor.detach().contiguous())
+                 for name, tensor in (weights.items() if hasattr(weights, "items") else weights)]
         try:
             payload = ipc_payload(pairs, version)
         except ValueError as err:

@@ -137,8 +137,9 @@ class WeightSyncExtension:
 
 
 def ipc_payload(weights: list[tuple[str, Any]], version: int) -> str:
-    """The JSON argument of `forager_load_ipc`: CUDA IPC handles of the learner's tensors (kept alive by the caller
-    until the call returns)."""
+    """The JSON argument of `forager_load_ipc`: CUDA IPC handles of the learner's tensors, which must be contiguous
+    and stay alive (the caller holds `weights`) until every server has loaded them."""
+    import torch
     from torch.multiprocessing.reductions import reduce_tensor
 
     entries = []
@@ -146,7 +147,10 @@ def ipc_payload(weights: list[tuple[str, Any]], version: int) -> str:
         if not tensor.is_cuda:
             raise ValueError(f"CUDA IPC shares GPU tensors only; {name} is on {tensor.device}: use sync method "
                              "nccl, gloo or disk")
-        entries.append((name, reduce_tensor(tensor.detach().contiguous())))
+        if not tensor.is_contiguous():
+            raise ValueError(f"{name} is not contiguous: pass contiguous tensors, kept alive by the caller")
+        entries.append((name, reduce_tensor(tensor.detach())))
+    torch.cuda.synchronize()  # the values are written before another process reads them
     return json.dumps({"version": version, "handles": base64.b64encode(pickle.dumps(entries)).decode()})
 
 
