@@ -52,23 +52,33 @@ def train(
     ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", "-c", help="Training config YAML (configs/train/*.yaml); default: the built-in defaults."),
     out: Path | None = typer.Option(None, help="Run directory (default: out_dir of the config); the same command resumes from its last checkpoint."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Run the learner's ranks as actors on this Ray cluster (auto, HOST:PORT, ray://HOST:10001, local); sets ray_address. out_dir and model.path must be on a filesystem every node shares."),
 ) -> None:
     """Run training: config.yaml, metrics.jsonl, trajectories.jsonl, checkpoints/ and TensorBoard events in the run dir."""
     if ctx.invoked_subcommand is not None:
         return
     import warnings
 
-    from forager.train.loop import train as run_training
-
     # transformers warns on every generation of the hf engine about an argument it renames: once is plenty.
     warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
     resolved = _load(config, list(ctx.args))
+    if ray_address:
+        resolved = resolved.model_copy(update={"ray_address": ray_address})
+    from forager.train import loop, ray_learner
+
+    # with a Ray address the ranks are Ray actors, and this process only places them and reports
+    run_training = ray_learner.train_on_ray if resolved.ray_address else loop.train
     run_dir = out or Path(resolved.out_dir)
     if os.environ.get("RANK", "0") != "0":  # one rank of many under torchrun: rank 0 reports for all
         run_training(resolved, run_dir)
         return
     console.print(f"training {resolved.model.path}: {resolved.learner.steps} step(s), groups of "
                   f"{resolved.rollout.group_size}, max staleness {resolved.sync.max_staleness} -> {run_dir}")
+    if resolved.ray_address:
+        from forager.train.ray_learner import learner_ranks
+
+        console.print(f"learner: {learner_ranks(resolved.learner)} rank(s) on the Ray cluster at {resolved.ray_address}, "
+                      f"placed {resolved.learner.placement_strategy}")
     progress = _progress()
     bar = progress.add_task("steps", total=resolved.learner.steps, detail="starting (loading the model)")
 
@@ -139,12 +149,27 @@ def plan(
     config: Path | None = typer.Option(None, "--config", "-c", help="Training config YAML (its model, microbatch and FSDP settings)."),
     gpus: int | None = typer.Option(None, min=1, help="Learner GPUs (default: learner.num_gpus of the config)."),
     gpu_memory: float = typer.Option(80.0, "--gpu-memory", min=1, help="GiB of memory per GPU."),
+    choose: bool = typer.Option(False, "--choose", help="Choose the layout instead: the fewest learner GPUs that fit "
+                                "(and their sequence parallelism), and vLLM engines for the episodes in flight."),
+    in_flight: int | None = typer.Option(None, "--in-flight", min=1, help="With --choose: episodes sampling at once "
+                                         "(default: rollout.concurrency)."),
+    episode_tokens: int | None = typer.Option(None, "--episode-tokens", min=1, help="With --choose: KV cache tokens "
+                                              "one episode holds (default: env.max_context_tokens, the worst case)."),
     overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...", help="Dotted config overrides."),
 ) -> None:
-    """Print the learner's memory per GPU under FSDP2, with and without CPU offload, and whether it fits."""
-    from forager.train.plan import plan_from_config
+    """Print the learner's memory per GPU under FSDP2, with and without CPU offload, and whether it fits; or, with
+    --choose, the GPUs the learner and the samplers need."""
+    from forager.train.plan import choose_layout, plan_from_config
 
     resolved = _load(config, list(overrides or []))
+    if choose:
+        layout = choose_layout(resolved.model.path, gpu_memory_gib=gpu_memory,  # a PlanError is a ForagerError
+                               microbatch_tokens=resolved.learner.microbatch_tokens,
+                               episode_tokens=episode_tokens or resolved.env.max_context_tokens,
+                               episodes_in_flight=in_flight or resolved.rollout.concurrency,
+                               activation_checkpointing=resolved.learner.fsdp.activation_checkpointing)
+        console.print(layout.render(gpu_memory), highlight=False)
+        return
     learner = resolved.learner
     learner = learner.model_copy(update={"num_gpus": gpus or max(learner.num_gpus, 1)})
     fits = {}

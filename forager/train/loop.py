@@ -3,7 +3,7 @@
 Orchestration only; every stage is its own module. `train(config, out_dir)` builds the learner (this process,
 or one rank of many under torchrun: `forager.train.ranks`, rank 0 leading), the engine (`rollout.backend`:
 `hf` in this process, fed tensors directly; `remote`, a sampler process fed by `sync.WeightBroadcaster`;
-`vllm` is not wired in yet), the buffer and the rollout workers, then takes batches until
+`vllm`, servers updated through their worker extension: `engines.vllm`), the buffer and the rollout workers, then takes batches until
 `learner.steps` steps are done. A step whose batch carries no signal is still a step (the learner skips
 the update; `learner/skipped` says so).
 
@@ -232,15 +232,20 @@ def _model_path(config: TrainConfig) -> str:
 
 
 def _engine(config: TrainConfig, model: str, version: int) -> Any:
-    """The sampling engine: `hf` in this process, or `remote` (a sampler process fed by broadcast)."""
+    """The sampling engine: `hf` in this process, `remote` (a sampler process fed by broadcast), or `vllm` (servers
+    sampled token-in-token-out and updated in flight)."""
     from forager.train.engines import make_engine
 
-    if config.rollout.backend == "vllm":
-        raise ForagerError("rollout.backend vllm is not wired into the loop yet; use rollout.backend=hf or remote")
     options = {"temperature": config.rollout.temperature, "top_p": config.rollout.top_p, "seed": config.seed,
-               "max_tokens": config.env.max_tokens_per_turn, "max_context": config.env.max_context_tokens,
-               "policy_version": version}
-    return make_engine(config.rollout.backend, model, **options)
+               "max_tokens": config.env.max_tokens_per_turn, "policy_version": version}
+    if config.rollout.backend != "vllm":
+        return make_engine(config.rollout.backend, model, max_context=config.env.max_context_tokens, **options)
+    rollout, sync = config.rollout, config.sync
+    return make_engine("vllm", model, base_urls=rollout.servers, engines=rollout.engines,
+                       tensor_parallel=rollout.tensor_parallel, gpu_memory_utilization=rollout.gpu_memory_utilization,
+                       max_context=config.env.max_context_tokens, sync=sync.method, sync_host=sync.host,
+                       sync_dir=sync.dir, bucket_bytes=sync.bucket_mb * 2**20, server_command=rollout.server_command,
+                       server_args=rollout.server_args, gpus=rollout.gpus, **options)
 
 
 def _sync(learner: Any, engine: Any) -> None:

@@ -74,6 +74,10 @@ class EnvConfig(BaseModel):
     """Containers kept started ahead per image, so resets and gradings do not wait for `docker run`."""
     docker_limits: dict[str, Any] = Field(default_factory=dict)
     """Container limits (`forager.runtime.limits`: memory, cpus, pids, ...) replacing the defaults."""
+    docker_hosts: list[str] = Field(default_factory=list)
+    """Docker engines for the env containers (`tcp://HOST:2375`, `ssh://USER@HOST`, `unix:///PATH`), each holding
+    the tasks' images: the episode slots take them in turn, every host answering before the first episode;
+    empty: the default engine (DOCKER_HOST or the local socket). See `CollectConfig.docker_hosts`."""
     reward: dict[str, Any] = Field(default_factory=lambda: {"unresolved": -1.0})
     """RewardConfig fields; CWM: +1 when every FAIL_TO_PASS and PASS_TO_PASS test passes, else -1."""
 
@@ -92,10 +96,23 @@ class RolloutConfig(BaseModel):
     slow learner stalls the rollouts instead of growing memory (and the groups it gets are fresher). At least
     concurrency / group_size keeps every episode slot busy."""
     backend: Literal["hf", "remote", "vllm"] = "hf"
-    """Inference engine: `vllm` on GPUs, `hf` (transformers generate, in process) for tiny models on a CPU, or
-    `remote` (the same sampler in a child process, its weights sent by torch.distributed broadcast)."""
+    """Inference engine: `vllm` on GPUs (`forager.train.engines.vllm`: servers sampled token-in-token-out, updated
+    in flight), `hf` (transformers generate, in process) for tiny models on a CPU, or `remote` (the same sampler
+    in a child process, its weights sent by torch.distributed broadcast)."""
     engines: int = Field(1, ge=1)
-    """Inference engine replicas."""
+    """Inference engine replicas (vLLM servers the trainer starts, each on `tensor_parallel` GPUs of its own)."""
+    servers: list[str] = Field(default_factory=list)
+    """vLLM servers already running to sample from instead of starting `engines` (`http://host:8000/v1`, started
+    with VLLM_SERVER_DEV_MODE=1 and `--worker-extension-cls forager.train.engines.vllm_worker:WeightSyncExtension`;
+    the docker-compose `gpu` profile starts them so)."""
+    server_command: list[str] | None = None
+    """A command template replacing `vllm serve` for the servers the trainer starts ({model}, {port},
+    {served_model_name}, {max_model_len}, {seed}): another server with the same endpoints, or a wrapper."""
+    gpus: list[int] | None = None
+    """GPU ids for the servers the trainer starts, `tensor_parallel` each in turn; None: every visible GPU from
+    the first (with the learner on GPU 0 too: colocated, `sync.method: ipc`)."""
+    server_args: list[str] = Field(default_factory=list)
+    """Extra arguments for each server (`--max-num-seqs 256`, `--enforce-eager`, a YaRN `--rope-scaling`)."""
     tensor_parallel: int = Field(1, ge=1)
     """GPUs per engine (vLLM tensor parallelism); engines * tensor_parallel GPUs serve the rollouts."""
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -184,6 +201,16 @@ class LearnerConfig(BaseModel):
     across microbatches, so at least env.max_context_tokens); gradients accumulate over the batch."""
     sequence_parallel: int = Field(1, ge=1)
     """GPUs one microbatch is split over along the sequence (Ulysses); divides num_gpus."""
+    ranks: int | None = Field(None, ge=1)
+    """Learner processes (FSDP2 ranks) when the learner runs on Ray (`ray_address`, `forager.train.ray_learner`):
+    None is one per GPU (`num_gpus`), or one on the CPU; set it to shard over that many CPU processes (gloo). With
+    GPUs it must equal `num_gpus`. Under torchrun `--nproc_per_node` decides and this is not read."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """How Ray places the ranks' bundles (one per rank: a GPU, or a CPU): PACK on as few nodes as fit (NCCL within
+    a node is the fastest), STRICT_SPREAD one rank per node, STRICT_PACK all on one node."""
+    placement_timeout_s: float = Field(300.0, gt=0)
+    """Seconds to wait for room in the Ray cluster for every rank before failing with what was asked and what the
+    cluster has; an autoscaling cluster may need minutes to add nodes."""
     fsdp: FSDPConfig = Field(default_factory=FSDPConfig)
     """FSDP2 sharding, mixed precision, activation checkpointing and offload."""
 
@@ -222,9 +249,19 @@ class SyncConfig(BaseModel):
     update_in_flight: bool = True
     """Swap new weights into the engines while episodes are running, so one trajectory may mix versions
     (CWM); otherwise the engines finish the requests in flight first."""
-    method: Literal["auto", "nccl", "endpoint"] = "auto"
-    """How weights travel: NCCL broadcast from the learner, the engine's weight-update endpoint, or
-    `auto` (NCCL when learner and engines are on GPUs)."""
+    method: Literal["auto", "nccl", "gloo", "disk", "ipc"] = "auto"
+    """How weights reach vLLM servers: `nccl` (bucketed broadcast from the learner's rank 0 into every server's
+    workers), `gloo` (the same over TCP, on CPUs), `disk` (a safetensors file the servers read: where no process
+    group can form), `ipc` (CUDA IPC handles, for servers on the learner's own GPUs), `auto` (nccl on GPUs, else
+    gloo). The hf and remote engines have their own path."""
+    bucket_mb: int = Field(64, ge=1)
+    """Size of one broadcast bucket (MiB): larger buckets mean fewer collectives, smaller ones less extra memory
+    (`bench/weight_sync.py` compares them)."""
+    host: str | None = None
+    """The address the servers' workers reach the learner's weight group at; None: loopback when the servers run on
+    this machine, else this node's address."""
+    dir: str | None = None
+    """Where `disk` syncs write the weights (a filesystem the servers read too); None: the temporary directory."""
 
 
 class CheckpointConfig(BaseModel):
