@@ -16,10 +16,17 @@
   commands, Forager's step overhead, grading beyond the tests, the tests).
 - grading: `grade_patch` of each task's reference fix through a warm pool that prepared the grading
   container while the episode ran, against a bare `docker run` of pytest on the same tests.
+- split: collection episodes per minute with the env fleet split over two Docker endpoints
+  (`CollectConfig.docker_hosts`: the local socket and a TCP proxy to it, `forager.testing.docker_proxy`)
+  against one (the socket, named as a host so that both take the same code path), and with every worker
+  on the proxy, the same workers and tasks, without a warm pool (a pool per host would start twice the
+  containers ahead, and the figure would compare pool sizes). Here
+  both endpoints are the same engine, so this measures what the second endpoint costs (the proxy's
+  copying) and that the split works, not extra capacity: on real hosts each brings its own CPUs.
 
 A picture of where the time goes at each worker count: --svg (default fleet.svg).
 Last line: one JSON object (reset_p50_ms cold and warm, bare_docker_run_ms, envs_concurrent,
-host_mb_per_env, container_mb, episodes_per_min per worker count, grading_over_raw).
+host_mb_per_env, container_mb, episodes_per_min per worker count, grading_over_raw, split_episodes_per_min).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import gc
 import json
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -43,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import forager.envs  # noqa: E402,F401 - registers forager/SWE-v0
 from collect import run as run_collection, sample_mutate_fix_tasks  # noqa: E402
 from grading import direct_run_s  # noqa: E402
+from forager.agent.collect import collect  # noqa: E402
+from forager.agent.config import CollectConfig  # noqa: E402
 from forager.images.sample import build_sample_image, sample_tasks  # noqa: E402
 from forager.policies.spec import PolicySpec  # noqa: E402
 from forager.rewards import grade_patch  # noqa: E402
@@ -51,6 +61,7 @@ from forager.runtime.base import LABEL  # noqa: E402
 from forager.runtime.docker import docker_client, reaper  # noqa: E402
 from forager.runtime.pool import WarmPool  # noqa: E402
 from forager.runtime.registry import open_runtime  # noqa: E402
+from forager.testing.docker_proxy import DockerSocketProxy  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -160,6 +171,38 @@ def grading_speed(tasks: list, client, repeats: int) -> dict:
             "grading_over_raw": round(sum(grade_s) / sum(raw_s), 2), "prepared_hits": hits, "gradings": len(grade_s)}
 
 
+def distinct_tasks(tasks: list, count: int) -> list:
+    """`count` tasks cycling through `tasks`, each with an id of its own (a collection runs an id once)."""
+    return [tasks[i % len(tasks)].model_copy(update={"instance_id": f"{tasks[i % len(tasks)].instance_id}~{i}"})
+            for i in range(count)]
+
+
+def split_collection(tasks: list, workers: int, warm_pool: int, repeats: int) -> dict:
+    """Episodes per minute of the reference policy with the workers on one endpoint, split over two (the local
+    socket and a TCP proxy to the same engine), and all on the proxy, in turn `repeats` times; the best of each."""
+    with DockerSocketProxy() as proxy:
+        socket_url = f"unix://{proxy.socket_path}"  # named, so that every fleet takes the same path (a pool per host)
+        fleets = {"one": [socket_url], "two": [socket_url, proxy.url], "proxy_only": [proxy.url]}
+        rates: dict[str, list[float]] = {name: [] for name in fleets}
+        resolved: dict[str, int] = {name: 0 for name in fleets}
+        for _ in range(repeats):
+            for name, hosts in fleets.items():
+                with tempfile.TemporaryDirectory(prefix="forager-bench-split-") as out:
+                    config = CollectConfig(workers=workers, runtime="docker", warm_pool=warm_pool, docker_hosts=hosts)
+                    started = time.monotonic()
+                    stats = collect(tasks, out, policy=PolicySpec(name="reference"), config=config)
+                    rates[name].append(60 * stats.done / (time.monotonic() - started))
+                    resolved[name] += stats.resolved
+                reaper.drain()
+        through_proxy = proxy.count("/containers/create")
+    return {"workers": workers, "episodes": len(tasks), "warm_pool": warm_pool, "repeats": repeats,
+            "one_endpoint": round(max(rates["one"]), 1), "two_endpoints": round(max(rates["two"]), 1),
+            "proxy_only": round(max(rates["proxy_only"]), 1),
+            "all_runs": {name: [round(r, 1) for r in runs] for name, runs in rates.items()},
+            "resolved": resolved, "containers_through_proxy": through_proxy,
+            "note": "both endpoints are this machine's engine: the proxy's overhead and the split, not capacity"}
+
+
 SHARES = (("commands", "agent's commands", "#1f77b4"), ("tests", "graded tests", "#2ca02c"),
           ("reset", "reset", "#ff7f0e"), ("grading_setup", "grading set-up", "#9467bd"),
           ("steps_overhead", "step overhead", "#7f7f7f"), ("policy", "policy", "#d62728"))
@@ -198,7 +241,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--episodes-per-worker", type=int, default=2)
     parser.add_argument("--grading-tasks", type=int, default=6)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["reset", "envs", "collect", "grading"])
+    parser.add_argument("--split-workers", type=int, default=4, help="workers of the one-vs-two endpoint run")
+    parser.add_argument("--split-repeats", type=int, default=2, help="rounds of one, two and proxy-only endpoints")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["reset", "envs", "collect", "grading", "split"])
     parser.add_argument("--svg", type=Path, default=Path("fleet.svg"), help="the picture of where the time goes")
     args = parser.parse_args()
 
@@ -227,9 +272,7 @@ def main() -> None:
         runs = []
         for workers in args.workers:
             count = max(8, workers * args.episodes_per_worker)
-            chosen = [mutate[i % len(mutate)].model_copy(update={"instance_id": f"{mutate[i % len(mutate)].instance_id}~{i}"})
-                      for i in range(count)]
-            result = run_collection(chosen, workers, PolicySpec(name="reference"), 2, None)
+            result = run_collection(distinct_tasks(mutate, count), workers, PolicySpec(name="reference"), 2, None)
             t = result["time_in_s"]
             total = t.get("total", 0.0) or 1.0
             where = {"policy": t.get("policy", 0), "reset": t.get("reset", 0), "commands": t.get("commands", 0),
@@ -250,6 +293,15 @@ def main() -> None:
         figures.update(grading)
         print(f"grading p50 {grading['grade_ms_p50']} ms against docker run {grading['raw_ms_p50']} ms: "
               f"{grading['grading_over_raw']}x", flush=True)
+    if "split" not in args.skip:
+        mutate = sample_mutate_fix_tasks(32)
+        count = max(8, 2 * args.split_workers)
+        split = split_collection(distinct_tasks(mutate, count), args.split_workers, 0, args.split_repeats)
+        figures["split_episodes_per_min"] = {key: split[key] for key in ("one_endpoint", "two_endpoints", "proxy_only")}
+        figures["split_run"] = split
+        print(f"{args.split_workers} workers over one Docker endpoint: {split['one_endpoint']} episodes/min; split over "
+              f"two (the socket and a TCP proxy to the same engine): {split['two_endpoints']}/min; all through the "
+              f"proxy: {split['proxy_only']}/min ({split['containers_through_proxy']} containers through it)", flush=True)
     if "collect" not in args.skip:
         write_svg(args.svg, figures)
         print(f"where the time goes: {args.svg}", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
 import queue
 import signal
@@ -23,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from forager.agent.config import AgentConfig, CollectConfig
-from forager.agent.loop import make_pool, make_worker_env, run_episode
+from forager.agent.loop import host_gone, make_pool, make_worker_env, run_episode
 from forager.agent.text_envs import prepare_tasks
 from forager.agent.ray_collect import run_on_ray
 from forager.core import ForagerError, Task, Trajectory
 from forager.envs.swe import SWEEnv
 from forager.files import atomic_write_text
 from forager.policies.spec import PolicySpec
-from forager.trajectories.store import INFRA_FAILURES, TrajectoryWriter, is_infrastructure_failure
+from forager.runtime.engine import check_docker_hosts
+from forager.trajectories.store import INFRA_FAILURES, OutputLocked, TrajectoryWriter, is_infrastructure_failure
 from forager.workers import run_workers
 
 RUN_FILE = "collection.json"
@@ -153,9 +155,11 @@ def collect(
     if duplicated:
         raise ForagerError(f"task ids must be unique; repeated: {', '.join(duplicated[:5])}")
     validate_policy(policy)  # before anything is written: a typo must not leave a run file behind
+    if not config.text_env:
+        check_docker_hosts(config.docker_hosts)  # likewise a host that does not answer
     out = Path(out_dir)
     guard = stop_on_sigint(stop, on_stopping) if handle_sigint else nullcontext()
-    with guard, TrajectoryWriter(out) as writer, LazyWriter(out / INFRA_FAILURES) as failures:
+    with guard, _open_writer(out) as writer, LazyWriter(out / INFRA_FAILURES) as failures:
         _check_run_file(out, policy, agent, tasks_source, config, allow_mixed)
         done = writer.done()
         pending = [(task, k) for k in range(config.samples_per_task) for task, task_id in zip(tasks, ids)
@@ -179,6 +183,16 @@ def collect(
         else:
             _run_threads(pending, policy, agent, config, finished, stop)
     return stats
+
+
+def _open_writer(out: Path) -> TrajectoryWriter:
+    """The collection's writer, or an error naming the collection (or compose container) that holds `out`."""
+    try:
+        return TrajectoryWriter(out)
+    except OutputLocked as err:
+        stop = " (docker-compose down)" if err.holder.get("container") else ""
+        raise ForagerError(f"another collection ({err.who}) is writing {out}; stop it{stop} or pick another "
+                           "--out") from None
 
 
 class LazyWriter:
@@ -246,9 +260,11 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
         work.put(index)
     pool = make_pool(config)
     ahead = min(config.workers, len(pending))  # the episode a worker starts is announced a wave ahead
+    numbers = itertools.count()
 
     def worker() -> None:
-        env = make_worker_env(agent, config, pool)
+        number = next(numbers)
+        env = make_worker_env(agent, config, pool, number)
         try:
             while not stop.is_set():
                 try:
@@ -258,7 +274,10 @@ def _run_threads(pending: list[tuple[Task, int]], policy_spec: PolicySpec, agent
                 if index + ahead < len(pending) and isinstance(env, SWEEnv):
                     env.expect(pending[index + ahead][0])
                 task, sample = pending[index]
-                finished(run_episode(env, policy, task, agent, sample=sample))
+                trajectory = run_episode(env, policy, task, agent, sample=sample)
+                finished(trajectory)
+                if is_infrastructure_failure(trajectory) and host_gone(config, number):
+                    return
         except BaseException:  # writing failed (disk full?): stop everyone; run_workers hands the error back
             stop.set()
             raise

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forager.core import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -109,6 +109,33 @@ class CollectConfig(BaseModel):
     """A Gymnasium id (`forager envs list`) to run instead of forager/SWE-v0. A SWE environment (a SWEEnv
     subclass, say forager/SWE-TestGen-v0) runs Tasks with this runtime, reward, limits and pool; a text
     environment's tasks are ids (or `seed:N`), and runtime, reward, limits and pool are its own business."""
+    docker_hosts: list[str] = Field(default_factory=list)
+    """Docker engines the env containers run on, as DOCKER_HOST names one (`tcp://HOST:2375`, `ssh://USER@HOST`,
+    `unix:///PATH`): worker i's episodes and their gradings on `docker_hosts[i % len]`, each host needing the
+    tasks' images; empty: the default engine (DOCKER_HOST or the local socket). Every host must answer
+    before the first episode starts."""
+
+    @field_validator("docker_hosts")
+    @classmethod
+    def _hosts_are_urls(cls, hosts: list[str]) -> list[str]:
+        from forager.runtime.engine import HOST_SCHEMES
+
+        for host in hosts:
+            scheme, sep, rest = host.partition("://")
+            if not sep or scheme not in HOST_SCHEMES or not rest:
+                raise ValueError(f"{host!r} is not a Docker host URL; write it as DOCKER_HOST would: "
+                                 "tcp://HOST:PORT, ssh://USER@HOST or unix:///PATH")
+        return hosts
+
+    @model_validator(mode="after")
+    def _hosts_need_docker(self) -> CollectConfig:
+        if self.docker_hosts and self.runtime == "local":
+            raise ValueError("docker_hosts run the env containers on Docker engines: use the docker (or auto) runtime")
+        return self
+
+    def docker_host(self, worker: int) -> str | None:
+        """The engine of worker number `worker`: `docker_hosts[worker % len]`, or None (the default engine)."""
+        return self.docker_hosts[worker % len(self.docker_hosts)] if self.docker_hosts else None
 
     @property
     def text_env(self) -> str | None:

@@ -14,6 +14,7 @@ carry `system_prompt` (after reset) and `resolved` (when it ends; else resolved 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from forager.core import (
 from forager.envs.swe import SWEEnv
 from forager.envs.tools import TOOLS, ActionError, parse_action
 from forager.rewards import RewardResult
+from forager.runtime.engine import check_docker_hosts, host_answers
 from forager.runtime.pool import WarmPool
 
 log = logging.getLogger(__name__)
@@ -72,20 +74,48 @@ def make_pool(config: CollectConfig) -> WarmPool | None:
 
     Room for two prepared containers per worker (its next episode's checkout and its grading), and a
     warming thread per four workers (at least 2, at most 8): `docker run` is the engine's work, not ours.
+    With `docker_hosts`, every host must answer first (RuntimeUnavailable names those that do not), and
+    there is always a pool: the first host's, whose `for_host` gives each worker its own engine's (with
+    `warm_pool` 0 they start nothing ahead, they only put the containers on their engine).
     """
-    if not config.warm_pool or config.runtime == "local" or config.text_env:
+    if config.text_env or (not config.docker_hosts and (config.runtime == "local" or not config.warm_pool)):
         return None
-    return WarmPool(config.warm_pool, threads=min(8, max(2, config.workers // 4)),
-                    prepared_limit=max(8, 2 * config.workers + config.warm_pool))
+    check_docker_hosts(config.docker_hosts)
+    prepared_limit = max(8, 2 * config.workers + config.warm_pool) if config.warm_pool else 0
+    return WarmPool(config.warm_pool, threads=min(8, max(2, config.workers // 4)), prepared_limit=prepared_limit,
+                    docker_host=config.docker_host(0))
 
 
-def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None) -> Any:
-    """One worker's env: the collection's runtime, reward and limits, its containers from `pool` when there is
-    one; or the plug-in env `config.env_id`, made by Gymnasium."""
+_worker_numbers = itertools.count()
+"""Numbers for workers made without one (the trainer's episode slots), so they take the hosts in turn."""
+
+
+def make_worker_env(agent: AgentConfig, config: CollectConfig, pool: WarmPool | None, worker: int | None = None) -> Any:
+    """Worker number `worker`'s env: the collection's runtime, reward and limits, its containers from `pool`
+    when there is one, on the engine `config.docker_host(worker)` (without a number: the next in turn); or
+    the plug-in env `config.env_id`, made by Gymnasium."""
     if config.text_env:
         return make_text_env(config.text_env)
-    return make_env(agent, config.runtime, config.reward or None, config.docker_limits or None, pool or 0,
+    runtime = config.runtime
+    if config.docker_hosts:
+        host = config.docker_host(next(_worker_numbers) if worker is None else worker)
+        # A pool puts every container of the env, its episodes' and its gradings', on the pool's engine.
+        pool = pool.for_host(host) if pool is not None else WarmPool(0, prepared_limit=0, docker_host=host)
+        runtime = "docker"  # `auto` would look for the image on the default engine
+    return make_env(agent, runtime, config.reward or None, config.docker_limits or None, pool or 0,
                     swe_env_class(config.env_id) or SWEEnv)
+
+
+def host_gone(config: CollectConfig, worker: int) -> bool:
+    """Whether worker `worker`'s Docker host stopped answering (said in the log). A collection then gives
+    that worker no more episodes, which would all fail at once, and leaves them to the workers of live
+    hosts (or to the next run)."""
+    host = config.docker_host(worker)
+    if host is None or host_answers(host):
+        return False
+    log.warning("worker %d stops: the Docker engine at %s no longer answers (its last episode is an "
+                "infrastructure failure); the other workers take the rest", worker, host)
+    return True
 
 
 def run_episode(

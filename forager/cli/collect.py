@@ -144,6 +144,7 @@ def collect(
     workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes at once (one container each)."),
     warm_pool: int | None = typer.Option(None, min=0, help="Containers started ahead per image for resets and grading (default: min(workers, 4); 0: none)."),
     runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
+    docker_host: list[str] = opts.DOCKER_HOSTS,
     ray_address: str | None = opts.RAY_ADDRESS,
     config: Path | None = opts.CONFIG,
     prompts: str | None = opts.PROMPTS,
@@ -166,6 +167,8 @@ def collect(
     validate_policy(spec)
     agent = agent_settings(config, prompts, spec, max_turns=max_turns, max_context_tokens=max_context,
                            tool_format=tool_format)
+    if docker_host:
+        _check_docker_hosts(docker_host, runtime)
     if env is not None and swe_env_class(env) is None:
         _collect_text_env(env, episodes, out, spec, agent, samples_per_task, workers, allow_mixed, tasks)
         return
@@ -174,6 +177,7 @@ def collect(
         source = "sample (embedded)"
     else:
         task_list, kind, source = read_tasks(tasks, split, fmt), runtime.value, tasks
+    kind = "docker" if docker_host else kind
     count = min(n for n in (limit, episodes) if n) if limit or episodes else None
     task_list = task_list[:count] if count else task_list
     if not task_list:
@@ -181,10 +185,25 @@ def collect(
     run_config = CollectConfig(samples_per_task=samples_per_task, workers=workers, runtime=kind,
                                ray_address=ray_address, reward={"unresolved": reward_unresolved},
                                warm_pool=min(workers, 4) if warm_pool is None else warm_pool,
-                               env_id=None if env == SWE_ENV_ID else env)
+                               env_id=None if env == SWE_ENV_ID else env, docker_hosts=docker_host)
+    engines = f" on {len(set(docker_host))} Docker host(s)" if docker_host else ""
     console.print(f"collecting {len(task_list)} task(s){f' of {env}' if env else ''} x {samples_per_task} sample(s) with the {spec.name} "
-                  f"policy, {workers} worker(s), {kind} runtime -> {out}")
+                  f"policy, {workers} worker(s), {kind} runtime{engines} -> {out}")
     run_collection(task_list, out, spec, agent, run_config, source, allow_mixed)
+
+
+def _check_docker_hosts(hosts: list[str], runtime: RuntimeChoice) -> None:
+    """--docker-host URLs as CollectConfig takes them, checked before anything is built (the ping comes later)."""
+    from pydantic import ValidationError
+
+    from forager.agent.config import CollectConfig
+
+    if runtime is RuntimeChoice.local:
+        fail("--docker-host runs the env containers on Docker engines; it cannot go with --runtime local")
+    try:
+        CollectConfig(docker_hosts=hosts)
+    except ValidationError as err:
+        fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors()))
 
 
 def _collect_text_env(env_id: str, episodes: int | None, out: Path, spec: Any, agent: Any, samples_per_task: int,

@@ -18,7 +18,8 @@ PROMPTS = typer.Option(None, help="A prompt set by name (`forager prompts list`:
 MAX_TURNS = typer.Option(None, help="Turn budget per episode (default 64).")
 ALLOW_MIXED = typer.Option(False, help="Allow a different policy/config in an existing --out.")
 ENV = typer.Option(None, "--env", help="A registered environment id to run instead of forager/SWE-v0 (`forager envs list`).")
+DOCKER_HOSTS = typer.Option([], "--docker-host", help="A Docker engine for the env containers (tcp://HOST:2375, ssh://USER@HOST, unix:///PATH), holding the tasks' images; repeatable: worker i uses the i-th modulo their number (default: DOCKER_HOST or the local socket).")
 SAMPLES = typer.Option(1, "--samples", "-k", min=1, help="Samples per task (K): pass@1 is averaged over them, pass@k up to K.")
 
-__all__ = ["ALLOW_MIXED", "API_KEY", "BASE_URL", "CONFIG", "ENV", "MAX_TURNS", "MODEL", "POLICY", "POLICY_OPTION",
-           "PROMPTS", "RAY_ADDRESS", "SAMPLES", "TEMPERATURE"]
+__all__ = ["ALLOW_MIXED", "API_KEY", "BASE_URL", "CONFIG", "DOCKER_HOSTS", "ENV", "MAX_TURNS", "MODEL", "POLICY",
+           "POLICY_OPTION", "PROMPTS", "RAY_ADDRESS", "SAMPLES", "TEMPERATURE"]

@@ -16,7 +16,9 @@ import docker.errors
 from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES, ForagerError, RuntimeUnavailable, Task
 from forager.core import Observation
 from forager.runtime.base import LABEL, RUN_ID, Preparation, ShellRuntime, live_runtimes, owner_labels
-from forager.runtime.engine import docker_available, docker_client, image_exists  # noqa: F401 - also offered here
+from forager.runtime.engine import (  # noqa: F401 - also offered here
+    describe_host, docker_available, docker_client, image_exists,
+)
 from forager.runtime.limits import (
     DockerLimits, disk_full_note, home_of, image_user, missing_image_hint, quota_refused, quota_supported,
 )
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 
 class ContainerGone(ForagerError):
     """The episode's container was stopped or removed from outside Forager."""
+
+
+ENGINE_ERRORS = (docker.errors.DockerException, OSError)
+"""What a call to the engine raises when it fails: docker-py's errors, and requests' connection errors
+(OSErrors) when the engine went away (a remote host that died, a proxy that closed)."""
 
 
 class ExecTransport:
@@ -51,6 +58,8 @@ class ExecTransport:
             if "is not running" in str(err):
                 raise ContainerGone(f"container {cid[:12]} is not running; reset() starts a new one") from err
             raise
+        except OSError as err:  # no answer at all: the engine is gone, not only the container
+            raise RuntimeUnavailable(f"{describe_host(runtime.docker_host)} no longer answers ({err})") from err
         self._sock = getattr(sock, "_sock", sock)
         self._sock.setblocking(False)
         self._raw = bytearray()
@@ -90,6 +99,7 @@ class ExecTransport:
                 self._raw += data
             else:
                 self._eof = True
+                self._runtime.check_engine()  # a shell that ended with its engine is not the agent's doing
 
     def _take_frames(self) -> bytes:
         # Docker multiplexes stdout/stderr: 8-byte header (stream, 0, 0, 0, big-endian size), then payload.
@@ -132,7 +142,7 @@ class ExecTransport:
         for _ in range(20):
             try:
                 info = self._api.exec_inspect(self._exec_id)
-            except docker.errors.DockerException:
+            except ENGINE_ERRORS:
                 return None
             if not info.get("Running"):
                 return info.get("ExitCode")
@@ -176,7 +186,7 @@ def _force_remove(container: Any) -> None:
         container.remove(force=True, v=True)  # v: the workdir volume of a read-only container
     except docker.errors.NotFound:
         pass
-    except docker.errors.DockerException as err:  # `forager gc` will find it by its labels
+    except ENGINE_ERRORS as err:  # `forager gc` will find it by its labels
         log.warning("could not remove container %s: %s", container.id[:12], err)
 
 
@@ -184,25 +194,30 @@ reaper = _Reaper()
 
 
 def _sweep_own_containers() -> None:
-    """Remove every container this process still owns (run on SIGTERM/SIGHUP and at exit).
+    """Remove every container this process still owns on every engine it used (run on SIGTERM/SIGHUP and at exit).
 
     Closing the runtimes removes theirs; this also finds those no runtime holds yet (created on
-    another thread a moment before the signal).
+    another thread a moment before the signal). An engine that no longer answers is left to `forager gc`.
     """
     reaper.drain()
-    if not _created_any:
-        return
-    client = docker.from_env(timeout=30)
-    try:
-        labels = [f"{LABEL}.run={RUN_ID}", f"{LABEL}.owner.pid={os.getpid()}"]
-        left = client.containers.list(all=True, filters={"label": labels}, sparse=True)  # no inspect: no race
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(_force_remove, left))
-    finally:
-        client.close()
+    for host in list(_created_on):
+        try:
+            client = docker_client(host)
+        except RuntimeUnavailable:
+            continue
+        try:
+            labels = [f"{LABEL}.run={RUN_ID}", f"{LABEL}.owner.pid={os.getpid()}"]
+            left = client.containers.list(all=True, filters={"label": labels}, sparse=True)  # no inspect: no race
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(_force_remove, left))
+        except ENGINE_ERRORS as err:
+            log.warning("could not sweep %s: %s", describe_host(host), err)
+        finally:
+            client.close()
 
 
-_created_any = False
+_created_on: set[str | None] = set()
+"""The engines this process started containers on (None: the default one), for the sweep."""
 live_runtimes.sweepers.append(_sweep_own_containers)
 
 
@@ -219,13 +234,17 @@ class DockerRuntime(ShellRuntime):
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
         client: docker.DockerClient | None = None,
+        docker_host: str | None = None,
     ) -> None:
+        """`docker_host`: the engine (`tcp://`, `ssh://`, `unix://`; None: the default one); a `client`
+        given must be one of that engine (a pool shares its own)."""
         self.image = image
         self.limits = limits or DockerLimits()
         self.user = user
         self.shell_user = user or ""
         self.disk_quota: str | None = None
-        self.client = client or docker_client()
+        self.docker_host = docker_host
+        self.client = client or docker_client(docker_host)
         self.container: Any = None
         self._start_container(workdir)
         super().__init__(workdir, command_timeout, max_output_bytes)
@@ -235,9 +254,9 @@ class DockerRuntime(ShellRuntime):
     def for_task(cls, task: Task, *, limits: DockerLimits | None = None,
                  command_timeout: float = DEFAULT_COMMAND_TIMEOUT, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
                  pool: WarmPool | None = None, preparation: Preparation | None = None,
-                 client: docker.DockerClient | None = None) -> DockerRuntime:
+                 client: docker.DockerClient | None = None, docker_host: str | None = None) -> DockerRuntime:
         """A container of the task's image: taken from the warm `pool` when there is one (one it made
-        ready with `preparation` if it has such), else started now."""
+        ready with `preparation` if it has such, on the pool's engine), else started now on `docker_host`."""
         if not task.image:
             raise RuntimeUnavailable(f"task {task.instance_id} has no image for the Docker runtime")
         if pool is not None:
@@ -246,7 +265,7 @@ class DockerRuntime(ShellRuntime):
             return pool.take(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
                              max_output_bytes=max_output_bytes, preparation=preparation)
         return cls(task.image, task.workdir, limits=limits, command_timeout=command_timeout,
-                   max_output_bytes=max_output_bytes, client=client)
+                   max_output_bytes=max_output_bytes, client=client, docker_host=docker_host)
 
     @property
     def container_id(self) -> str:
@@ -262,13 +281,13 @@ class DockerRuntime(ShellRuntime):
                 self.container = self._run_container(workdir, options)
                 self.disk_quota = (options.get("storage_opt") or {}).get("size")
             except docker.errors.ImageNotFound as err:
+                engine = self.docker_host or "this Docker engine"
                 raise RuntimeUnavailable(
-                    f"image {self.image!r} is not on this Docker engine: {missing_image_hint(self.image)}."
+                    f"image {self.image!r} is not on {engine}: {missing_image_hint(self.image)}."
                 ) from err
 
     def _run_container(self, workdir: str, options: dict[str, Any]) -> Any:
-        global _created_any
-        _created_any = True
+        _created_on.add(self.docker_host)
         labels = {**owner_labels(), "forager.image": self.image, "forager.workdir": workdir}
         try:
             return self.client.containers.run(self.image, ["sleep", "infinity"], detach=True, init=True,
@@ -290,6 +309,17 @@ class DockerRuntime(ShellRuntime):
     def _open_transport(self) -> ExecTransport:
         return ExecTransport(self)
 
+    def check_engine(self) -> None:
+        """Raise RuntimeUnavailable if the engine no longer answers (asked when the shell's stream ends).
+
+        The session would report the end as an observation, and a grading as a failed command: with the
+        engine gone it is the infrastructure's failure (the episode's env_error), not the agent's.
+        """
+        try:
+            self.client.ping()
+        except ENGINE_ERRORS as err:
+            raise RuntimeUnavailable(f"{describe_host(self.docker_host)} no longer answers ({err})") from err
+
     def exec_helper(self, cmd: list[str]) -> bool:
         """Run a short helper command next to the session, as the shell's user; False if it could not run.
 
@@ -298,7 +328,7 @@ class DockerRuntime(ShellRuntime):
         try:
             result = self.container.exec_run(cmd, user=self.shell_user)
             return result.exit_code == 0
-        except docker.errors.DockerException:
+        except ENGINE_ERRORS:
             return False
 
     def _trusted_diff(self, base: str) -> tuple[int, bytes, bytes]:
@@ -318,11 +348,11 @@ class DockerRuntime(ShellRuntime):
         """Kill every process in the container and start it again; the file system is kept."""
         try:
             self.container.kill()
-        except docker.errors.DockerException:
+        except ENGINE_ERRORS:
             pass
         try:
             self.container.start()
-        except docker.errors.DockerException as err:
+        except ENGINE_ERRORS as err:
             raise ContainerGone(f"container {self.container.id[:12]} could not be restarted ({err})") from err
 
     def reset(self) -> None:

@@ -7,6 +7,11 @@ task's checkout ahead (a `Preparation`), so that a reset only hands out a contai
 are never reused: each one serves one episode (or one grading) and is removed when closed, so a
 pooled runtime is exactly as fresh as a new one. Idle runtimes are ordinary Forager runtimes: they
 are removed at exit, on SIGTERM, and by `forager gc` after a crash.
+
+A pool serves one engine (`docker_host`; None: the default one): every runtime it hands out, for an
+episode or a grading, runs there. `for_host` gives the pool of another engine, with the same settings,
+owned by this one (a rollout whose workers are spread over several engines shares one pool object).
+A pool of size 0 with `prepared_limit=0` starts nothing ahead: it only makes runtimes on its engine.
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import docker
-import docker.errors
 
 from forager.core import DEFAULT_COMMAND_TIMEOUT, DEFAULT_MAX_OUTPUT_BYTES
 from forager.runtime.base import Preparation, live_runtimes, prepared
-from forager.runtime.docker import DockerLimits, DockerRuntime, docker_client
+from forager.runtime.docker import ENGINE_ERRORS, DockerLimits, DockerRuntime, docker_client
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +49,15 @@ class WarmPool:
     at most `prepared_limit` of those in all (default: 4 x size, at least 8)."""
 
     def __init__(self, size: int = 2, *, client: docker.DockerClient | None = None, threads: int = 2,
-                 prepared_limit: int | None = None) -> None:
+                 prepared_limit: int | None = None, docker_host: str | None = None) -> None:
+        """`client`, if given, must be one of `docker_host`'s engine (made on first need otherwise)."""
         self.size = size
         self.prepared_limit = prepared_limit if prepared_limit is not None else max(8, 4 * size)
+        self.docker_host = docker_host
+        self.threads = threads
         self._client = client
+        self._siblings: dict[str | None, WarmPool] = {}
+        """The pools of other engines `for_host` made (closed with this one)."""
         self._lock = threading.Lock()
         self._ready: dict[_Key, deque[DockerRuntime]] = defaultdict(deque)
         self._warming: dict[_Key, int] = defaultdict(int)
@@ -192,11 +201,25 @@ class WarmPool:
                 return key
         return None
 
+    def for_host(self, docker_host: str | None) -> WarmPool:
+        """The pool of `docker_host`'s engine: this one, or one with its settings, made now and closed with it."""
+        if docker_host == self.docker_host:
+            return self
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the warm pool is closed")
+            sibling = self._siblings.get(docker_host)
+            if sibling is None:
+                sibling = WarmPool(self.size, threads=self.threads, prepared_limit=self.prepared_limit,
+                                   docker_host=docker_host)
+                self._siblings[docker_host] = sibling
+            return sibling
+
     def _make(self, key: _Key, limits: DockerLimits) -> DockerRuntime:
         if self._client is None:
-            self._client = docker_client()
+            self._client = docker_client(self.docker_host)
         return DockerRuntime(key.image, key.workdir, limits=limits, command_timeout=key.command_timeout,
-                             max_output_bytes=key.max_output_bytes, client=self._client)
+                             max_output_bytes=key.max_output_bytes, client=self._client, docker_host=self.docker_host)
 
     def _warm(self, key: _Key, limits: DockerLimits, preparation: Preparation | None = None) -> None:
         runtime = None
@@ -227,7 +250,7 @@ class WarmPool:
         try:
             runtime.container.reload()
             return runtime.container.status == "running"
-        except docker.errors.DockerException:
+        except ENGINE_ERRORS:  # an engine gone too: nothing of it is usable
             return False
 
     def idle(self) -> int:
@@ -242,14 +265,17 @@ class WarmPool:
                     "warming": sum(self._warming.values())}
 
     def close(self) -> None:
-        """Remove every idle runtime; runtimes already taken belong to whoever took them."""
+        """Remove every idle runtime (the `for_host` pools' too); runtimes already taken belong to whoever took them."""
         with self._lock:
             self._closed = True
             idle = [runtime for queue in self._ready.values() for runtime in queue]
             self._ready.clear()
+            siblings = list(self._siblings.values())
         self._executor.shutdown(wait=True, cancel_futures=True)
         for runtime in idle:
             runtime.close()
+        for sibling in siblings:
+            sibling.close()
 
     def __enter__(self) -> WarmPool:
         return self

@@ -67,11 +67,13 @@ def agent_config(config: TrainConfig) -> AgentConfig:
 
 
 def collect_config(config: TrainConfig) -> CollectConfig:
-    """Where and how episodes run: the env section's runtime, reward, limits and warm pool; Ray from the run."""
+    """Where and how episodes run: the env section's runtime, reward, limits, warm pool and Docker hosts; Ray from
+    the run."""
     env = config.env
     return CollectConfig(samples_per_task=config.rollout.group_size, workers=config.rollout.concurrency,
                          runtime=env.runtime, ray_address=config.ray_address, reward=env.reward,
-                         docker_limits=env.docker_limits, warm_pool=env.warm_pool, env_id=env.id)
+                         docker_limits=env.docker_limits, warm_pool=env.warm_pool, env_id=env.id,
+                         docker_hosts=env.docker_hosts)
 
 
 class _LocalSlot:
