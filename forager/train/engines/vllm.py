@@ -206,7 +206,7 @@ class VLLMEngine:
         self._check_open()
         with self._lock:
             started = time.monotonic()
-            self._pause()
+            paused = self._pause()
             try:
                 if self.sync_method == "disk":
                     self._sync_by_disk(weights, policy_version)
@@ -215,7 +215,7 @@ class VLLMEngine:
                 else:
                     self._sync_by_broadcast(weights, policy_version)
             finally:
-                self._resume()
+                self._resume(paused)
             for policy in self.policies:
                 policy.policy_version = policy_version
             self._version = policy_version
@@ -462,22 +462,37 @@ class VLLMEngine:
                 raise EngineError(f"the vLLM server at {url} could not map the learner's tensors: {results}; "
                                   "CUDA IPC needs the server on the learner's GPUs (colocated)")
 
-    def _pause(self) -> None:
+    def _pause(self) -> list[str]:
+        """Pause every server (`mode=keep`: requests in flight freeze and go on after `/resume`); the ones paused.
+        A server that refuses is an EngineError, and the ones already paused are resumed first."""
+        paused: list[str] = []
         if not self._pause_supported:
-            return
+            return paused
         for url in self.base_urls:
-            response = self._post(url, "/pause", params={"mode": "keep"})
+            try:
+                response = self._post(url, "/pause", params={"mode": "keep"})
+            except EngineError:
+                self._resume(paused)
+                raise
             if response.status_code == 404:  # a vLLM before the pause endpoints: updates land between engine steps
                 self._pause_supported = False
-                return
+                self._resume(paused)
+                return []
             if response.status_code != 200:
+                self._resume(paused)
                 raise EngineError(f"the vLLM server at {url} refused to pause (HTTP {response.status_code}: "
                                   f"{response.text[:300]})")
+            paused.append(url)
+        return paused
 
-    def _resume(self) -> None:
-        if self._pause_supported:
-            for url in self.base_urls:
+    def _resume(self, urls: list[str]) -> None:
+        """Resume these servers; one that cannot be reached now is left to its own health check (an EngineError
+        of the next call names it)."""
+        for url in urls:
+            try:
                 self._post(url, "/resume")
+            except EngineError:
+                pass
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _rpc(self, url: str, method: str, argument: Any = None, timeout: float | None = None) -> list[Any]:
