@@ -34,6 +34,36 @@ class TrajectoryFileError(ForagerError):
     """A trajectory input cannot be read; the message names the file (and line) and what is wrong."""
 
 
+CONTAINER_NAME_ENV = "FORAGER_CONTAINER_NAME"
+"""The name of the container a process runs in, where its entrypoint set it (images/forager/entrypoint.sh)."""
+
+
+def lock_holder() -> dict[str, str]:
+    """Who this process is, for the lock of a directory it writes: pid, host and, in a container, its name."""
+    import socket
+
+    holder = {"pid": str(os.getpid()), "host": socket.gethostname()}
+    container = os.environ.get(CONTAINER_NAME_ENV) or (holder["host"] if os.path.exists("/.dockerenv") else "")
+    return {**holder, "container": container} if container else holder
+
+
+class OutputLocked(ForagerError):
+    """A live process holds the lock of a trajectory directory; `holder` is its `lock_holder()`."""
+
+    def __init__(self, directory: Path, holder: dict[str, str]) -> None:
+        self.directory, self.holder = directory, holder
+        super().__init__(f"another process ({self.who}) is writing to {directory}; wait for it, stop it, or use "
+                         "another output directory")
+
+    @property
+    def who(self) -> str:
+        """`container NAME, pid N` or `pid N on host H`."""
+        pid = self.holder.get("pid") or "?"
+        if self.holder.get("container"):
+            return f"container {self.holder['container']}, pid {pid}"
+        return f"pid {pid} on host {self.holder['host']}" if self.holder.get("host") else f"pid {pid}"
+
+
 @dataclass(frozen=True)
 class TrajectoryLine:
     """One trajectory as read from a file, with where it came from and its exact text."""
@@ -145,16 +175,19 @@ class TrajectoryWriter:
         self._lock = threading.Lock()
         self._lock_fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            # flock: the kernel drops it when the holder dies (a lock left by a killed run is simply taken), and it
+            # holds across containers that bind-mount the same directory (two compose stacks, one output).
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._lock_fd, 64, 0).decode(errors="replace").strip()
+            text = os.pread(self._lock_fd, 4096, 0).decode(errors="replace").strip()
             os.close(self._lock_fd)
-            raise ForagerError(
-                f"another process (pid {holder or '?'}) is writing to {self.directory}; wait for it, "
-                "stop it, or use another output directory"
-            ) from None
+            try:
+                holder = {k: str(v) for k, v in json.loads(text).items()}
+            except (ValueError, AttributeError):  # a bare pid, as older versions wrote
+                holder = {"pid": text}
+            raise OutputLocked(self.directory, holder) from None
         os.ftruncate(self._lock_fd, 0)
-        os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(self._lock_fd, (json.dumps(lock_holder()) + "\n").encode(), 0)
         self.repaired_bytes = self._cut_unfinished_line()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
