@@ -28,12 +28,33 @@ def images_bootstrap(
 
 
 @images_app.command("sample")
-def images_sample(from_registry: bool = typer.Option(False, help="Base it on python:3.11-slim from a registry.")) -> None:
+def images_sample(
+    from_registry: bool = typer.Option(False, help="Base it on python:3.11-slim from a registry."),
+    check: bool = typer.Option(False, help="Build nothing: fail, saying how to build it, if the image is missing."),
+) -> None:
     """Build the sample repository's image (and the base image first, if needed)."""
+    if check:
+        from forager.images.forager_image import require_sample_image
+
+        console.print(f"sample image: [bold]{require_sample_image(docker_engine())}[/]")
+        return
     from forager.images.sample import build_sample_image
 
     tag = build_sample_image(docker_engine(), from_registry=from_registry, log=dim)
     console.print(f"sample image: [bold]{tag}[/] (also forager/sample:latest)")
+
+
+@images_app.command("forager")
+def images_forager(
+    train: bool = typer.Option(False, help="Add the train extra (torch, transformers, ...): the trainer's image."),
+    force: bool = typer.Option(False, help="Rebuild even if the images exist."),
+) -> None:
+    """Build Forager's own image from this checkout (the docker-compose stack's collector, Ray nodes, trainer)."""
+    from forager.images.forager_image import build_forager_image
+
+    image = build_forager_image(docker_engine(), train=train, force=force, log=dim)
+    console.print(f"forager image: [bold]{image.tag}[/] (also {image.alias}; {image.size_bytes / 1e9:.1f} GB, "
+                  f"{'cached' if image.cached else f'built in {image.build_s:.0f}s'})")
 
 
 @images_app.command("build")
