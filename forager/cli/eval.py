@@ -35,6 +35,7 @@ def run(
     workers: int = typer.Option(4, "--workers", "-j", min=1, help="Episodes at once."),
     runtime: RuntimeChoice = typer.Option(RuntimeChoice.auto, help="docker, local, or auto."),
     ray_address: str | None = opts.RAY_ADDRESS,
+    docker_host: list[str] = opts.DOCKER_HOSTS,
     config: Path | None = opts.CONFIG,
     prompts: str | None = opts.PROMPTS,
     max_turns: int | None = opts.MAX_TURNS,
@@ -47,7 +48,7 @@ def run(
                     api_key=api_key, temperature=temperature, replay=None, policy_option=policy_option,
                     samples_per_task=samples, workers=workers, warm_pool=None, runtime=runtime, ray_address=ray_address,
                     config=config, prompts=prompts, max_turns=max_turns, max_context=None, tool_format=None, reward_unresolved=0.0,
-                    limit=None, split="test", fmt="auto", allow_mixed=allow_mixed)
+                    limit=None, split="test", fmt="auto", allow_mixed=allow_mixed, docker_host=list(docker_host or []))
     _summarize_and_show([out], out)
 
 
