@@ -23,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -69,14 +70,20 @@ def bench_remote(path: str, state: dict[str, torch.Tensor], syncs: int, bucket_m
 
 def bench_in_process(path: str, state: dict[str, torch.Tensor], syncs: int) -> dict[str, float]:
     engine = HFEngine(path, temperature=0.0)
+    times, _ = timed_updates(engine, state, syncs)
+    engine.close()
+    return {"seconds": round(statistics.median(times), 4)}
+
+
+def timed_updates(engine: Any, state: dict[str, torch.Tensor], syncs: int) -> tuple[list[float], dict[str, Any]]:
+    """Seconds of each of `syncs` float32 updates of `engine` with new values, and the last weights sent."""
     times = []
     for version in range(1, syncs + 1):
         weights = new_weights(state, version, torch.float32)
         started = time.monotonic()
         engine.update_weights(weights, version)
         times.append(time.monotonic() - started)
-    engine.close()
-    return {"seconds": round(statistics.median(times), 4)}
+    return times, weights
 
 
 def bench_vllm_engine(path: str, state: dict[str, torch.Tensor], syncs: int, bucket_mb: int) -> dict[str, float]:
@@ -87,12 +94,7 @@ def bench_vllm_engine(path: str, state: dict[str, torch.Tensor], syncs: int, buc
                "--served-model-name", "{served_model_name}", "--worker-extension-cls", EXTENSION, "--threads", "1"]
     with VLLMEngine(path, server_command=command, bucket_bytes=bucket_mb * 2**20, sync="gloo",
                     start_timeout_s=600) as engine:
-        times = []
-        for version in range(1, syncs + 1):
-            weights = new_weights(state, version, torch.float32)
-            started = time.monotonic()
-            engine.update_weights(weights, version)
-            times.append(time.monotonic() - started)
+        times, weights = timed_updates(engine, state, syncs)
         if engine.checksums() != tensor_checksums(weights):
             raise SystemExit("the server's weights differ from the learner's")
         sent = engine.last_sync.bytes

@@ -335,15 +335,9 @@ class OpenAIServer:
             text = self.generator.chat.decode(token_ids)
             return 200, self._completion_response(body, prompt, text, token_ids, logprobs,
                                                   "stop" if stopped else "length"), {}
-        reply = self.responder({**body, "messages": parse_chat(prompt)})
-        reply = Reply(text=reply) if isinstance(reply, str) else reply
-        if reply.delay_s and self._stopping.wait(reply.delay_s):
-            return 503, _vllm_error(503, "server shutting down", "ServiceUnavailableError"), {}
-        if reply.status != 200:
-            error = reply.body if reply.body is not None else _vllm_error(
-                reply.status, reply.message or f"scripted error {reply.status}",
-                "BadRequestError" if reply.status < 500 else "InternalServerError")
-            return reply.status, error, reply.headers
+        reply, answer = self._scripted({**body, "messages": parse_chat(prompt)})
+        if answer is not None:
+            return answer
         text = assistant_text(reply.text, reply.tool_calls)
         token_ids = [*encode(text), IM_END]
         finish = reply.finish_reason or "stop"
@@ -399,16 +393,24 @@ class OpenAIServer:
                 return 400, _vllm_error(400, error), {}
             if max_tokens is None:  # vLLM fills the rest of the context
                 max_tokens = self.max_model_len - len(prompt_ids)
+        reply, answer = self._scripted(body)
+        if answer is not None:
+            return answer
+        return 200, self._completion(body, prompt_ids, max_tokens, reply), reply.headers
+
+    def _scripted(self, body: dict[str, Any]) -> tuple[Reply, tuple[int, Any, dict[str, str]] | None]:
+        """The responder's reply to `body`, and the answer to send instead of a completion (a scripted error, or a
+        503 when the server stops during the reply's delay), else None."""
         reply = self.responder(body)
         reply = Reply(text=reply) if isinstance(reply, str) else reply
         if reply.delay_s and self._stopping.wait(reply.delay_s):
-            return 503, _vllm_error(503, "server shutting down", "ServiceUnavailableError"), {}
+            return reply, (503, _vllm_error(503, "server shutting down", "ServiceUnavailableError"), {})
         if reply.status != 200:
             error = reply.body if reply.body is not None else _vllm_error(
                 reply.status, reply.message or f"scripted error {reply.status}",
                 "BadRequestError" if reply.status < 500 else "InternalServerError")
-            return reply.status, error, reply.headers
-        return 200, self._completion(body, prompt_ids, max_tokens, reply), reply.headers
+            return reply, (reply.status, error, reply.headers)
+        return reply, None
 
     def _chat_with_model(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """The chat API over the real model: its template renders the messages (as vLLM's server does)."""
