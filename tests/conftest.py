@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 from forager.runtime import DockerRuntime, LocalRuntime, docker_available
 
 SAMPLE_IMAGE = "forager/sample:latest"
+
+# Ray 2.60 turns token authentication on by itself once ~/.ray/auth_token exists (a local `ray.init()` writes
+# one), and a process reads the mode once: a test that started a cluster without it and a later one with it
+# would refuse each other. Every cluster and driver of the suite runs without token auth.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _have_sample_image() -> bool:

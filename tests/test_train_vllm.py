@@ -219,6 +219,10 @@ def test_the_vllm_command_and_the_engine_by_name(tiny: Path) -> None:
 
 
 # -- the trainer with rollout.backend vllm ------------------------------------------------------------
+SHAPED = {"shaping": [{"name": "format-penalty", "per_error": 0.1}, {"name": "length-penalty", "per_turn": 0.05,
+                                                                    "free_turns": 0}]}
+
+
 def server_pids() -> set[int]:
     found = subprocess.run(["pgrep", "-f", "forager.testing.openai_server"], capture_output=True, text=True)
     return {int(pid) for pid in found.stdout.split()}
@@ -228,15 +232,17 @@ def test_training_samples_from_servers_it_starts_and_updates_them_between_steps(
     """`forager train` with rollout.backend=vllm on the learning demo (its tiny model resolves the demo task now and
     then, so groups carry signal): the trainer starts the server, the episodes go through /v1/completions with
     the exact ids, each step's new weights reach the server by broadcast before the next episodes sample
-    (synchronous mode), and the server is gone when the run ends. (Sampling is seeded and sequential, so the
-    run is the same every time: with seed 0 the third step is the first whose group has a resolved member.)"""
+    (synchronous mode), and the server is gone when the run ends. The reward adds format and length penalties to
+    the test outcome and episodes sample at temperature 1, so the members of a group rarely all earn the same:
+    in three groups, some step carries signal."""
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
     before = server_pids()
     args = [sys.executable, "-m", "forager", "train", "--config", str(root / "configs/train/cpu-demo.yaml"),
             "--out", str(out), "learner.steps=3", "rollout.group_size=4", "rollout.concurrency=1",
             "rollout.max_buffered_groups=1", "learner.tokens_per_batch=2048", "learner.microbatch_tokens=2048", "sync.max_staleness=0",
-            "rollout.backend=vllm", f"rollout.server_command={json.dumps(SERVER)}", "sync.method=gloo"]
+            "rollout.backend=vllm", f"rollout.server_command={json.dumps(SERVER)}", "sync.method=gloo",
+            "rollout.temperature=1.0", f"env.reward={json.dumps(SHAPED)}"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     done = subprocess.run(args, capture_output=True, text=True, timeout=400, env=env, cwd=root)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -253,7 +259,7 @@ def test_training_samples_from_servers_it_starts_and_updates_them_between_steps(
     assert {m.policy_version for m in turns} == set(updates), (updates, lines)
     for line in lines:  # every step that changed the weights sent them to the server, and only those
         assert (line["time/sync_s"] > 0) == (not line["learner/skipped"]), line
-    assert not lines[-1]["learner/skipped"], "this seed's last step carries no signal: pick another seed"
+    assert any(not line["learner/skipped"] for line in lines), "no group of three differed in reward"
     assert server_pids() <= before  # the run stopped the server it started
 
 
